@@ -1,0 +1,409 @@
+"""The validated parameters of the pipeline: ``params/*.yaml`` in, frozen typed objects out.
+
+Everything is checked once, here, at the edge: an unknown key, a wrong type or an impossible value
+raises :class:`ParamsError` naming the file, the key path and the line. Code inside the library only
+ever sees the frozen dataclasses below. ``load_params(params_dir).resolve(cell_id, preset)`` gives the
+full recipe of one table cell under one preset.
+"""
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import hashlib
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+DATASETS = ("voc", "ade20k", "cityscapes")
+BACKBONES = ("r50", "r101")
+OUTPUT_STRIDES = (8, 16)
+PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "presets.yaml")
+
+
+class ParamsError(ValueError):
+    """A parameter file is wrong; the message names the file, the key and the line."""
+
+
+@dataclass(frozen=True)
+class DatasetRecipe:
+    title: str
+    num_classes: int
+    train_split: str
+    val_split: str
+    train_set_name: str
+    val_set_name: str
+    expected_counts: Mapping[str, int]
+    base_scale: tuple[int, int]
+    ratio_range: tuple[float, float]
+    crop_size: tuple[int, int]
+    cat_max_ratio: float
+    batch_size: int
+    epochs: int
+    eval_scale: tuple[int, int] | None
+
+    def check(self) -> dict[str, str]:
+        problems = {}
+        if self.num_classes < 2 or self.num_classes > 254:
+            problems["num_classes"] = "must be in 2..254 (255 is the ignore index)"
+        if not 0 < self.ratio_range[0] <= self.ratio_range[1]:
+            problems["ratio_range"] = "must be [low, high] with 0 < low <= high"
+        if not 0 < self.cat_max_ratio <= 1:
+            problems["cat_max_ratio"] = "must be in (0, 1]"
+        for key in ("base_scale", "crop_size", "eval_scale"):
+            value = getattr(self, key)
+            if value is not None and min(value) <= 0:
+                problems[key] = "sizes must be positive"
+        for key in ("batch_size", "epochs"):
+            if getattr(self, key) <= 0:
+                problems[key] = "must be positive"
+        if set(self.expected_counts) != {"train", "val"} or min(self.expected_counts.values()) <= 0:
+            problems["expected_counts"] = "must give positive counts for exactly 'train' and 'val'"
+        return problems
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    stem: Literal["deep", "standard"]
+    pretrained: Literal["imagenet", "none"]
+    aspp_channels: int
+    aspp_rates_os8: tuple[int, int, int]
+    aspp_rates_os16: tuple[int, int, int]
+    low_level_channels: int
+    decoder_channels: int
+    dropout: float
+    aux_channels: int
+
+    def check(self) -> dict[str, str]:
+        problems = {}
+        for key in ("aspp_channels", "low_level_channels", "decoder_channels", "aux_channels"):
+            if getattr(self, key) <= 0:
+                problems[key] = "must be positive"
+        for key in ("aspp_rates_os8", "aspp_rates_os16"):
+            if min(getattr(self, key)) <= 0:
+                problems[key] = "atrous rates must be positive"
+        if not 0 <= self.dropout < 1:
+            problems["dropout"] = "must be in [0, 1)"
+        return problems
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lr: float
+    min_lr: float
+    poly_power: float
+    momentum: float
+    weight_decay: float
+    aux_weight: float
+    precision: Literal["auto", "bf16", "fp16", "fp32"]
+    channels_last: bool
+    checkpoint_every: int
+    log_every: int
+    val_every: int
+    workers: int
+    seed: int
+    deterministic: bool
+    reference_replicas: int
+
+    def check(self) -> dict[str, str]:
+        problems = {}
+        if not 0 <= self.min_lr <= self.lr:
+            problems["min_lr"] = "must be in [0, lr]"
+        if self.lr <= 0:
+            problems["lr"] = "must be positive"
+        for key in ("poly_power", "momentum", "weight_decay", "aux_weight", "workers", "val_every"):
+            if getattr(self, key) < 0:
+                problems[key] = "must not be negative"
+        for key in ("checkpoint_every", "log_every", "reference_replicas"):
+            if getattr(self, key) <= 0:
+                problems[key] = "must be positive"
+        return problems
+
+
+@dataclass(frozen=True)
+class Cell:
+    id: str
+    dataset: Literal["voc", "ade20k", "cityscapes"]
+    backbone: Literal["r50", "r101"]
+    output_stride: Literal[8, 16]
+    reference_miou: float
+    in_seed_table: bool
+
+    def check(self) -> dict[str, str]:
+        expected = f"{self.dataset}-{self.backbone}-os{self.output_stride}"
+        if self.id != expected:
+            return {"": f"cell id must be '{expected}' for its dataset, backbone and output_stride"}
+        if not 0 <= self.reference_miou <= 100:
+            return {"reference_miou": "must be a percentage in [0, 100]"}
+        return {}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    data_dir: str
+    results_dir: str
+    experiment: str
+    synthetic: bool
+    expect_official_counts: bool
+    overrides: Mapping[str, Any]
+
+    def raw_dir(self, dataset: str) -> str:
+        """Where the archives of ``dataset`` are downloaded (relative to the project root)."""
+        return f"{self.data_dir}/raw/{dataset}"
+
+    def prepared_dir(self, dataset: str) -> str:
+        """Where the prepared ``dataset`` lives: splits/, labels, meta.json."""
+        return f"{self.data_dir}/prepared/{dataset}"
+
+    def cell_dir(self, cell_id: str) -> str:
+        """Where one cell's weights, logs and metrics are written."""
+        return f"{self.results_dir}/{cell_id}"
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """Everything one table cell needs: the resolved recipe of one cell under one preset."""
+
+    cell: Cell
+    data: DatasetRecipe
+    model: ModelSettings
+    train: TrainSettings
+    preset: Preset
+
+    @property
+    def aspp_rates(self) -> tuple[int, int, int]:
+        os8 = self.cell.output_stride == 8
+        return self.model.aspp_rates_os8 if os8 else self.model.aspp_rates_os16
+
+    def max_iters(self, num_train_images: int) -> int:
+        """Iterations of the schedule, counted as the reference counts them.
+
+        The reference spreads the global batch over ``reference_replicas`` GPUs; each GPU's distributed
+        sampler sees ceil(N / replicas) images (padded) and drops its last incomplete batch. That gives
+        epochs x floor(N / batch) for VOC (39,660) and ADE20k (164,190) but 81,840 (not 81,620) for
+        Cityscapes, as in shared/RECIPE.md. Replicas are taken as gcd(batch, reference_replicas).
+        """
+        replicas = math.gcd(self.data.batch_size, self.train.reference_replicas)
+        per_replica = -(-num_train_images // replicas)
+        per_epoch = per_replica // (self.data.batch_size // replicas)
+        if per_epoch == 0:
+            raise ValueError(f"{num_train_images} training images cannot fill one batch of "
+                             f"{self.data.batch_size} ({self.cell.dataset}, preset {self.preset.name})")
+        return self.data.epochs * per_epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready form: written as the resolved config and logged as MLflow params."""
+        return _plain(self)
+
+    def digest(self) -> str:
+        """sha256 of the resolved config, excluding knobs that do not change the result."""
+        data = self.to_dict()
+        for key in ("checkpoint_every", "log_every", "val_every", "workers"):
+            data["train"].pop(key)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Params:
+    cells: Mapping[str, Cell]
+    datasets: Mapping[str, DatasetRecipe]
+    model: ModelSettings
+    train: TrainSettings
+    presets: Mapping[str, Preset]
+
+    def resolve(self, cell_id: str, preset: str = "full") -> CellConfig:
+        if cell_id not in self.cells:
+            raise KeyError(f"unknown cell '{cell_id}'; known cells: {', '.join(self.cells)}")
+        chosen = self.preset(preset)
+        cell = self.cells[cell_id]
+        return CellConfig(cell=cell, data=self.dataset(cell.dataset, preset), model=self._section(
+            "model", self.model, chosen), train=self._section("train", self.train, chosen), preset=chosen)
+
+    def preset(self, name: str) -> Preset:
+        if name not in self.presets:
+            raise KeyError(f"unknown preset '{name}'; known presets: {', '.join(self.presets)}")
+        return self.presets[name]
+
+    def dataset(self, name: str, preset: str = "full") -> DatasetRecipe:
+        """The recipe of ``name`` with ``preset``'s overrides applied."""
+        if name not in self.datasets:
+            raise KeyError(f"unknown dataset '{name}'; known datasets: {', '.join(self.datasets)}")
+        overrides = self.preset(preset).overrides.get("datasets", {}).get(name, {})
+        return dataclasses.replace(self.datasets[name], **overrides)
+
+    @staticmethod
+    def _section(section: str, base: Any, preset: Preset) -> Any:
+        return dataclasses.replace(base, **preset.overrides.get(section, {}))
+
+
+def load_params(params_dir: str | Path = "params") -> Params:
+    """Read and validate every file in ``params_dir``; raise :class:`ParamsError` on the first problem."""
+    params_dir = Path(params_dir)
+    docs = {name: _read_yaml(params_dir / name) for name in PARAM_FILES}
+    cells_doc = _expect_keys(docs["cells.yaml"], {"cells"}, params_dir / "cells.yaml", ())
+    cells = {cell_id: _build(Cell, {"id": cell_id, **_mapping(raw, params_dir / "cells.yaml", ("cells", cell_id))},
+                             params_dir / "cells.yaml", ("cells", cell_id))
+             for cell_id, raw in _mapping(cells_doc["cells"], params_dir / "cells.yaml", ("cells",)).items()}
+    datasets_doc = _expect_keys(docs["datasets.yaml"], set(DATASETS), params_dir / "datasets.yaml", ())
+    datasets = {name: _build(DatasetRecipe, raw, params_dir / "datasets.yaml", (name,))
+                for name, raw in datasets_doc.items()}
+    model = _build(ModelSettings, _expect_keys(docs["model.yaml"], {"model"}, params_dir / "model.yaml", ())["model"],
+                   params_dir / "model.yaml", ("model",))
+    train = _build(TrainSettings, _expect_keys(docs["train.yaml"], {"train"}, params_dir / "train.yaml", ())["train"],
+                   params_dir / "train.yaml", ("train",))
+    presets_doc = _expect_keys(docs["presets.yaml"], {"presets"}, params_dir / "presets.yaml", ())["presets"]
+    base = {"datasets": datasets, "model": model, "train": train}
+    presets = {name: _build_preset(name, raw, base, params_dir / "presets.yaml")
+               for name, raw in _mapping(presets_doc, params_dir / "presets.yaml", ("presets",)).items()}
+    if "full" not in presets:
+        raise ParamsError(f"{params_dir / 'presets.yaml'}: presets: the 'full' preset is required")
+    params = Params(cells=types.MappingProxyType(cells), datasets=types.MappingProxyType(datasets),
+                    model=model, train=train, presets=types.MappingProxyType(presets))
+    for preset in presets:  # every override must still give a valid recipe
+        for name in datasets:
+            _check(params.dataset(name, preset), params_dir / "presets.yaml",
+                   ("presets", preset, "overrides", "datasets", name))
+        for section in ("model", "train"):
+            _check(Params._section(section, base[section], presets[preset]), params_dir / "presets.yaml",
+                   ("presets", preset, "overrides", section))
+    return params
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, mappings and tuples as plain dicts and lists (JSON- and YAML-ready)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _build_preset(name: str, raw: Any, base: Mapping[str, Any], path: Path) -> Preset:
+    where = ("presets", name)
+    raw = dict(_mapping(raw, path, where))
+    overrides = _mapping(raw.get("overrides", {}), path, where + ("overrides",))
+    _expect_keys(overrides, set(base), path, where + ("overrides",), required=False)
+    checked: dict[str, Any] = {}
+    for section, values in overrides.items():
+        spot = where + ("overrides", section)
+        if section == "datasets":
+            _expect_keys(values, set(base["datasets"]), path, spot, required=False)
+            checked[section] = {ds: _fields(DatasetRecipe, v, path, spot + (ds,), partial=True)
+                                for ds, v in values.items()}
+        else:
+            checked[section] = _fields(type(base[section]), values, path, spot, partial=True)
+    raw["overrides"] = checked
+    return _build(Preset, {"name": name, **raw}, path, where)
+
+
+def _build(cls: type, raw: Any, path: Path, where: tuple[str, ...]) -> Any:
+    obj = cls(**_fields(cls, raw, path, where, partial=False))
+    _check(obj, path, where)
+    return obj
+
+
+def _check(obj: Any, path: Path, where: tuple[str, ...]) -> None:
+    for key, problem in obj.check().items() if hasattr(obj, "check") else ():
+        spot = where + ((key,) if key else ())
+        raise ParamsError(f"{_where(path, spot)}: {problem}")
+
+
+def _fields(cls: type, raw: Any, path: Path, where: tuple[str, ...], partial: bool) -> dict[str, Any]:
+    """Type-check ``raw`` against the fields of dataclass ``cls``; return converted values."""
+    raw = _mapping(raw, path, where)
+    hints = typing.get_type_hints(cls)
+    supplied = {"id", "name"} & set(hints)  # set by the loader, never written in the file
+    _expect_keys(raw, set(hints), path, where, required=not partial, optional=supplied)
+    return {key: _convert(value, hints[key], path, where + (key,)) for key, value in raw.items()}
+
+
+def _convert(value: Any, hint: Any, path: Path, where: tuple[str, ...]) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(value, inner, path, where)
+    if origin is Literal:
+        if value not in args or type(value) is not type(args[0]):
+            raise ParamsError(f"{_where(path, where)}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or len(value) != len(args):
+            raise ParamsError(f"{_where(path, where)}: expected a list of {len(args)} numbers, got {value!r}")
+        return tuple(_convert(v, a, path, where + (str(i),)) for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (collections.abc.Mapping, dict) or hint is Mapping:
+        value = _mapping(value, path, where)
+        value_type = args[1] if args else Any
+        return types.MappingProxyType({k: _convert(v, value_type, path, where + (str(k),))
+                                       for k, v in value.items()})
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ParamsError(f"{_where(path, where)}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _mapping(value: Any, path: Path, where: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ParamsError(f"{_where(path, where)}: expected a mapping of keys, got {type(value).__name__}")
+    return value
+
+
+def _expect_keys(raw: Any, allowed: set[str], path: Path, where: tuple[str, ...],
+                 required: bool = True, optional: set[str] = frozenset()) -> Mapping[str, Any]:
+    raw = _mapping(raw, path, where)
+    unknown = sorted(set(map(str, raw)) - allowed)
+    if unknown:
+        raise ParamsError(f"{_where(path, where + (unknown[0],))}: unknown key '{unknown[0]}'; "
+                          f"allowed: {', '.join(sorted(allowed - optional))}")
+    missing = sorted(allowed - optional - set(raw)) if required else []
+    if missing:
+        raise ParamsError(f"{_where(path, where)}: missing key '{missing[0]}'")
+    return raw
+
+
+def _read_yaml(path: Path) -> Any:
+    if not path.is_file():
+        raise ParamsError(f"{path}: parameter file not found (expected {', '.join(PARAM_FILES)} in {path.parent})")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _where(path: Path, keys: tuple[str, ...]) -> str:
+    """``file:line: key.path`` for an error message; the line is that of the deepest key found."""
+    line = _line_of(path, keys)
+    key = ".".join(keys) or "(top level)"
+    return f"{path}:{line}: {key}" if line else f"{path}: {key}"
+
+
+def _line_of(path: Path, keys: tuple[str, ...]) -> int | None:
+    try:
+        node = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if str(k.value) == key]
+            if not match:
+                break
+            line, node = match[0][0].start_mark.line + 1, match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and key.isdigit() and int(key) < len(node.value):
+            node = node.value[int(key)]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

@@ -1,0 +1,149 @@
+"""DeepLabV3+ (Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image
+Segmentation", ECCV 2018, arXiv:1802.02611), built exactly as the reference recipe (shared/RECIPE.md).
+
+    model = deeplabv3plus(backbone="r50", output_stride=8, num_classes=21)
+    model(images)["out"]   # (N, classes, H, W) logits at the input's size; "aux" too in training mode
+
+Parameter counts and forward FLOPs of the reference are stored below as data and tested.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deeplab.backbone import ResNet, load_imagenet_weights
+
+# Reference parameter counts with 21 classes: (without aux head, with aux head).
+PARAMETER_COUNTS = {"r50": (41_226_213, 45_956_602), "r101": (60_218_341, 64_948_730)}
+# Reference forward GFLOPs at 512x512 (torch.utils.flop_counter), per (backbone, output stride).
+FORWARD_GFLOPS_512 = {("r50", 8): 352.4, ("r50", 16): 119.3, ("r101", 8): 507.5, ("r101", 16): 158.1}
+ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
+    padding = dilation * (kernel // 2)
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=padding, dilation=dilation, groups=groups,
+                                   bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise 3x3 conv + BN + ReLU, then pointwise 1x1 conv + BN + ReLU."""
+
+    def __init__(self, cin: int, cout: int, dilation: int = 1) -> None:
+        super().__init__(conv_bn_relu(cin, cin, 3, dilation=dilation, groups=cin), conv_bn_relu(cin, cout, 1))
+
+
+class ASPPPooling(nn.Sequential):
+    """Image-level features: global average pool, 1x1 conv + BN + ReLU, upsampled back."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.AdaptiveAvgPool2d(1), conv_bn_relu(cin, cout, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    """1x1 branch, three separable atrous branches and image pooling, fused by a dense 3x3 conv."""
+
+    def __init__(self, cin: int, channels: int, rates: Sequence[int]) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([conv_bn_relu(cin, channels, 1)]
+                                   + [SeparableConv(cin, channels, dilation=r) for r in rates]
+                                   + [ASPPPooling(cin, channels)])
+        self.project = conv_bn_relu(channels * len(self.convs), channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.project(torch.cat([conv(x) for conv in self.convs], dim=1))  # (N, 512, H/OS, W/OS)
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """ASPP on layer4, the decoder fusing it with projected layer1 features, and the classifier."""
+
+    def __init__(self, num_classes: int, rates: Sequence[int], in_channels: int = 2048,
+                 low_level_in: int = 256, aspp_channels: int = 512, low_level_channels: int = 48,
+                 decoder_channels: int = 512, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, aspp_channels, rates)
+        self.low_level = conv_bn_relu(low_level_in, low_level_channels, 1)
+        self.decoder = nn.Sequential(SeparableConv(aspp_channels + low_level_channels, decoder_channels),
+                                     SeparableConv(decoder_channels, decoder_channels))
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(decoder_channels, num_classes, 1)
+
+    def forward(self, layer1: torch.Tensor, layer4: torch.Tensor) -> torch.Tensor:
+        low = self.low_level(layer1)                                # (N, 48, H/4, W/4)
+        high = F.interpolate(self.aspp(layer4), size=low.shape[-2:], mode="bilinear", align_corners=False)
+        x = self.decoder(torch.cat([high, low], dim=1))             # (N, 512, H/4, W/4)
+        return self.classifier(self.dropout(x))
+
+
+class FCNHead(nn.Sequential):
+    """Auxiliary head on layer3, used only in training: 3x3 conv + BN + ReLU, dropout, 1x1 classifier."""
+
+    def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1) -> None:
+        super().__init__(conv_bn_relu(in_channels, channels, 3), nn.Dropout2d(dropout),
+                         nn.Conv2d(channels, num_classes, 1))
+
+
+class DeepLabV3Plus(nn.Module):
+    """Backbone + DeepLabV3+ head (+ optional auxiliary FCN head). Forward returns a dict of logits at
+    the input's size: ``"out"``, plus ``"aux"`` in training mode when the auxiliary head exists."""
+
+    def __init__(self, backbone: ResNet, classifier: DeepLabV3PlusHead, aux_classifier: FCNHead | None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = classifier
+        self.aux_classifier = aux_classifier
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        out = self.classifier(features["layer1"], features["layer4"])
+        result = {"out": F.interpolate(out, size=size, mode="bilinear", align_corners=False)}
+        if self.training and self.aux_classifier is not None:
+            aux = self.aux_classifier(features["layer3"])
+            result["aux"] = F.interpolate(aux, size=size, mode="bilinear", align_corners=False)
+        return result
+
+
+def deeplabv3plus(*, backbone: Literal["r50", "r101"] = "r50", output_stride: Literal[8, 16] = 8,
+                  num_classes: int = 21, aux_loss: bool = True, stem: Literal["deep", "standard"] = "deep",
+                  pretrained_backbone: str | Path | None = None, aspp_rates: Sequence[int] | None = None,
+                  aspp_channels: int = 512, low_level_channels: int = 48, decoder_channels: int = 512,
+                  aux_channels: int = 512, dropout: float = 0.1) -> DeepLabV3Plus:
+    """Build DeepLabV3+ with a dilated ResNet-50/101 backbone.
+
+    Args:
+        backbone: ``"r50"`` or ``"r101"``.
+        output_stride: 8 or 16; sets the backbone's strides and dilations and the default ASPP rates.
+        num_classes: classes of the dataset (21 VOC, 150 ADE20k, 19 Cityscapes).
+        aux_loss: build the auxiliary FCN head on layer3 (``aux_classifier``); used in training only.
+        stem: ``"deep"`` (V1c, the recipe) or ``"standard"`` (7x7, for torchvision's ImageNet weights).
+        pretrained_backbone: path to the ImageNet checkpoint of that backbone, loaded strictly.
+        aspp_rates: the three atrous rates; default (12, 24, 36) at OS8, (6, 12, 18) at OS16.
+    """
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be positive, got {num_classes}")
+    body = ResNet(backbone, output_stride, stem)
+    if pretrained_backbone is not None:
+        load_imagenet_weights(body, pretrained_backbone)
+    head = DeepLabV3PlusHead(num_classes, aspp_rates or ASPP_RATES[output_stride],
+                             aspp_channels=aspp_channels, low_level_channels=low_level_channels,
+                             decoder_channels=decoder_channels, dropout=dropout)
+    aux = FCNHead(1024, aux_channels, num_classes, dropout) if aux_loss else None
+    return DeepLabV3Plus(body, head, aux)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Replace every BatchNorm with SyncBatchNorm for multi-GPU training (statistics over the global batch)."""
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def count_parameters(model: nn.Module, include_aux: bool = True) -> int:
+    return sum(p.numel() for name, p in model.named_parameters()
+               if include_aux or not name.startswith("aux_classifier."))
