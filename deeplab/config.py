@@ -161,6 +161,10 @@ class Preset:
         """Where the prepared ``dataset`` lives: splits/, labels, meta.json."""
         return f"{self.data_dir}/prepared/{dataset}"
 
+    def weights_dir(self) -> str:
+        """Where the ImageNet backbone checkpoints are downloaded."""
+        return f"{self.data_dir}/raw/weights"
+
     def cell_dir(self, cell_id: str) -> str:
         """Where one cell's weights, logs and metrics are written."""
         return f"{self.results_dir}/{cell_id}"
