@@ -112,10 +112,10 @@ class TrainSettings:
 
     def check(self) -> dict[str, str]:
         problems = {}
-        if not 0 <= self.min_lr <= self.lr:
-            problems["min_lr"] = "must be in [0, lr]"
         if self.lr <= 0:
             problems["lr"] = "must be positive"
+        elif not 0 <= self.min_lr <= self.lr:
+            problems["min_lr"] = "must be in [0, lr]"
         for key in ("poly_power", "momentum", "weight_decay", "aux_weight", "workers", "val_every"):
             if getattr(self, key) < 0:
                 problems[key] = "must not be negative"
