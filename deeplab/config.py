@@ -133,6 +133,7 @@ class Cell:
     output_stride: Literal[8, 16]
     reference_miou: float
     in_seed_table: bool
+    gpus: int  # GPUs of one training job; more than 1 runs under torchrun (DDP), the global batch is split
 
     def check(self) -> dict[str, str]:
         expected = f"{self.dataset}-{self.backbone}-os{self.output_stride}"
@@ -140,6 +141,8 @@ class Cell:
             return {"": f"cell id must be '{expected}' for its dataset, backbone and output_stride"}
         if not 0 <= self.reference_miou <= 100:
             return {"reference_miou": "must be a percentage in [0, 100]"}
+        if self.gpus < 1:
+            return {"gpus": "must be at least 1"}
         return {}
 
 
@@ -276,6 +279,12 @@ def load_params(params_dir: str | Path = "params") -> Params:
         for section in ("model", "train"):
             _check(Params._section(section, base[section], presets[preset]), params_dir / "presets.yaml",
                    ("presets", preset, "overrides", section))
+        for cell in cells.values():  # DDP splits the global batch evenly over a cell's GPUs
+            batch = params.dataset(cell.dataset, preset).batch_size
+            if batch % cell.gpus:
+                raise ParamsError(f"{_where(params_dir / 'cells.yaml', ('cells', cell.id, 'gpus'))}: "
+                                  f"{cell.gpus} GPUs cannot split the {cell.dataset} batch of {batch} "
+                                  f"(preset {preset}); use a divisor of {batch}")
     return params
 
 
