@@ -109,6 +109,7 @@ class TrainSettings:
     seed: int
     deterministic: bool
     reference_replicas: int
+    max_micro_batch: int  # most images one GPU runs at once; 0 = its whole share (else gradient accumulation)
 
     def check(self) -> dict[str, str]:
         problems = {}
@@ -116,7 +117,8 @@ class TrainSettings:
             problems["lr"] = "must be positive"
         elif not 0 <= self.min_lr <= self.lr:
             problems["min_lr"] = "must be in [0, lr]"
-        for key in ("poly_power", "momentum", "weight_decay", "aux_weight", "workers", "val_every"):
+        for key in ("poly_power", "momentum", "weight_decay", "aux_weight", "workers", "val_every",
+                    "max_micro_batch"):
             if getattr(self, key) < 0:
                 problems[key] = "must not be negative"
         for key in ("checkpoint_every", "log_every", "reference_replicas"):
@@ -211,7 +213,7 @@ class CellConfig:
     def digest(self) -> str:
         """sha256 of the resolved config, excluding knobs that do not change the result."""
         data = self.to_dict()
-        for key in ("checkpoint_every", "log_every", "val_every", "workers"):
+        for key in ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch"):
             data["train"].pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
