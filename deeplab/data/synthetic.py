@@ -13,6 +13,7 @@ for a given seed (fixed member order and timestamps), so their sha256 is stable 
 """
 from __future__ import annotations
 
+import filecmp
 import io
 import json
 import tarfile
@@ -149,8 +150,7 @@ def write_tar(path: Path, members: list[Member], gzip: bool = False) -> Path:
                 tar.addfile(_tarinfo(name, len(data), tarfile.REGTYPE), io.BytesIO(data))
         if gzip:
             fileobj.close()
-    tmp.replace(path)
-    return path
+    return _publish(tmp, path)
 
 
 def write_zip(path: Path, members: list[Member]) -> Path:
@@ -164,7 +164,16 @@ def write_zip(path: Path, members: list[Member]) -> Path:
             info.compress_type = zipfile.ZIP_STORED if name.endswith((".png", ".jpg")) \
                 else zipfile.ZIP_DEFLATED
             zf.writestr(info, data)
-    tmp.replace(path)
+    return _publish(tmp, path)
+
+
+def _publish(tmp: Path, path: Path) -> Path:
+    """Rename ``tmp`` to ``path``, unless ``path`` already has these exact bytes: then keep it, so its
+    timestamp does not make Snakemake or DVC rerun everything downstream."""
+    if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+        tmp.unlink()
+    else:
+        tmp.replace(path)
     return path
 
 
@@ -239,7 +248,10 @@ def _sbd_mat(struct: str, label: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     scipy.io.savemat(buffer, {struct: {"Segmentation": label.astype(np.uint8), "Boundaries": boundaries,
                                        key: present}}, do_compression=True)
-    return buffer.getvalue()
+    data = buffer.getvalue()
+    # the 116-byte text header carries a creation time: fix it so the archive's sha256 is reproducible
+    header = b"MATLAB 5.0 MAT-file, Platform: posix, Created by: deeplab.data.synthetic"
+    return header.ljust(116, b" ") + data[116:]
 
 
 def _lines(ids: list[str]) -> bytes:
