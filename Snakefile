@@ -55,12 +55,6 @@ def train_minutes(wildcards):
     return max(60, math.ceil(hours * 60))  # a killed job resumes from its checkpoint on rerun anyway
 
 
-def launcher(wildcards):
-    """One GPU: plain python; several: torchrun on this node (--standalone picks a free port)."""
-    gpus = CELLS[wildcards.cell].gpus
-    return f"{PY} -m" if gpus == 1 else f"{PY} -m torch.distributed.run --standalone --nproc-per-node={gpus} -m"
-
-
 rule all:
     input: f"{P.results_dir}/table.md"
 
@@ -108,15 +102,14 @@ rule train_cell:
     log: f"{LOGS}/train_cell/{{cell}}.log"
     params:
         config_digest=lambda w: cell_config(w.cell).digest(),  # a changed recipe reruns only its cells
-        launch=launcher,
     threads: lambda w: CELLS[w.cell].gpus * (cell_config(w.cell).train.workers + 1)
     resources:
         gpu=lambda w: CELLS[w.cell].gpus,
         mem_mb=lambda w: CELLS[w.cell].gpus * (4000 + 2000 * cell_config(w.cell).train.workers),
         runtime=train_minutes,
-    shell:
-        "{PY} -m pipeline.gpu_slot --gpus {resources.gpu} -- "
-        "{params.launch} pipeline.train --cell {wildcards.cell} {STAGE_ARGS} >> {log} 2>&1"
+    shell:  # gpu_slot: its own GPU(s), torchrun when the cell has several; the log keeps resumed attempts
+        "{PY} -m pipeline.gpu_slot --cell {wildcards.cell} --params {PARAMS_DIR}"
+        " -m pipeline.train --cell {wildcards.cell} {STAGE_ARGS} >> {log} 2>&1"
 
 
 rule evaluate_cell:
@@ -129,8 +122,7 @@ rule evaluate_cell:
     threads: 2
     resources: gpu=1, mem_mb=16000, runtime=2 * 60
     shell:
-        "{PY} -m pipeline.gpu_slot --gpus 1 -- "
-        "{PY} -m pipeline.evaluate --cell {wildcards.cell} {STAGE_ARGS} > {log} 2>&1"
+        "{PY} -m pipeline.gpu_slot --gpus 1 -m pipeline.evaluate --cell {wildcards.cell} {STAGE_ARGS} > {log} 2>&1"
 
 
 rule make_table:

@@ -131,6 +131,15 @@ def exec_with_gpus(count: int, command: Sequence[str], env: Mapping[str, str] = 
     os.execvpe(command[0], list(command), child_env)
 
 
+def module_command(module: str, args: Sequence[str], gpus: int, python: str) -> list[str]:
+    """``python -m module args``; with several GPUs the same under torchrun on this node (one process per
+    GPU; --standalone picks a free rendezvous port, so concurrent jobs do not collide)."""
+    if gpus == 1:
+        return [python, "-m", module, *args]
+    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}",
+            "-m", module, *args]
+
+
 def _open(path: Path) -> int:
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)

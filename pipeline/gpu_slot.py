@@ -1,8 +1,11 @@
-"""Run a command on GPUs of its own: ``python -m pipeline.gpu_slot --gpus N -- COMMAND ...``.
+"""Run a job on GPUs of its own (lock-file slots, see deeplab.gpus), freed when it exits however it ends.
 
-Takes N free GPU slots of this host (lock files, see deeplab.gpus), exports CUDA_VISIBLE_DEVICES and
-replaces itself by COMMAND; the slots are freed when COMMAND exits, however it ends. Without GPUs (CPU host)
-or inside a SLURM job the command runs as is. The Snakefile wraps every training job in it.
+    python -m pipeline.gpu_slot --cell voc-r50-os8 -m pipeline.train --cell voc-r50-os8 --preset full
+    python -m pipeline.gpu_slot --gpus 1 -- COMMAND [ARGS...]
+
+``--cell`` takes the cell's GPU count from params/cells.yaml and, with ``-m MODULE``, starts the module with
+this interpreter on one GPU or under torchrun on several. The slots' ids go to CUDA_VISIBLE_DEVICES. Without
+GPUs (a CPU host) or inside a SLURM job the command runs as is. Snakefile and dvc.yaml wrap GPU stages in it.
 """
 from __future__ import annotations
 
@@ -10,20 +13,41 @@ import argparse
 import sys
 from pathlib import Path
 
-from deeplab.gpus import GpuSlotError, default_lock_dir, exec_with_gpus
+from deeplab.config import ParamsError, load_params
+from deeplab.gpus import GpuSlotError, default_lock_dir, exec_with_gpus, module_command
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Own options before the first ``-m`` or ``--``; the job after it (``-m`` kept as a marker)."""
+    for i, arg in enumerate(argv):
+        if arg in ("-m", "--"):
+            return argv[:i], argv[i:]
+    return argv, []
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gpus", type=int, required=True, help="GPU slots the command needs")
+    own, job = split_argv(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     usage="%(prog)s (--gpus N | --cell ID) (-m MODULE ... | -- COMMAND ...)")
+    count = parser.add_mutually_exclusive_group(required=True)
+    count.add_argument("--gpus", type=int, help="GPU slots the job needs")
+    count.add_argument("--cell", help="take the GPU count of this cell from params/cells.yaml")
+    parser.add_argument("--params", default="params", help="parameter folder (with --cell)")
     parser.add_argument("--lock-dir", type=Path, default=None,
                         help=f"folder of the slot lock files (default {default_lock_dir()})")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between tries while GPUs are busy")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    args = parser.parse_args(own)
+    if not job[1:]:
+        parser.error("give the job after the options: -m MODULE [ARGS] or -- COMMAND [ARGS]")
     try:
-        exec_with_gpus(args.gpus, command, lock_dir=args.lock_dir, poll_s=args.poll)
+        gpus = args.gpus if args.cell is None else load_params(args.params).cells[args.cell].gpus
+    except KeyError:
+        parser.error(f"unknown cell '{args.cell}' (see {args.params}/cells.yaml)")
+    except ParamsError as error:
+        sys.exit(f"pipeline.gpu_slot: {error}")
+    command = module_command(job[1], job[2:], gpus, sys.executable) if job[0] == "-m" else job[1:]
+    try:
+        exec_with_gpus(gpus, command, lock_dir=args.lock_dir, poll_s=args.poll)
     except GpuSlotError as error:
         sys.exit(f"pipeline.gpu_slot: {error}")
 
