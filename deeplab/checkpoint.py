@@ -1,0 +1,113 @@
+"""Resumable training state: atomic checkpoints, the config they were made with, and a folder lock.
+
+A checkpoint holds everything a restarted job needs to continue as if never stopped: model, optimiser,
+scheduler, grad scaler, RNG states (python, numpy, torch, CUDA), the iteration (which is also the data
+order position: the order is a function of the iteration) and the resolved config with its digest. It is
+written to a temporary name and renamed, so a kill never leaves a half checkpoint under the real name.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+LAST = "last.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (another config, another job holds it, unreadable)."""
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``key.path: saved -> current`` for every leaf that differs between two plain config dicts."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            lines += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            lines.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return lines
+
+
+def load_checkpoint(path: str | Path, digest: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """Read a checkpoint and refuse it, saying what differs, when it was made under another config."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a corrupt file must not be silently replaced by a fresh start
+        raise CheckpointError(f"{path} cannot be read ({exc}); delete it to start this cell over") from exc
+    if state.get("digest") != digest:
+        differences = config_differences(state.get("config", {}), config) or ["(digest only)"]
+        raise CheckpointError(
+            f"{path} was made under a different resolved config; differences (checkpoint -> now):\n  "
+            + "\n  ".join(differences)
+            + f"\nRestore the old params to resume, or delete {path.parent} to train this cell from scratch.")
+    return state
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``<folder>/.lock``: a second copy of the same job (e.g. an orphan left
+    by a killed workflow manager) refuses to run. The OS drops the lock when the holder dies."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / ".lock"
+        self.handle: Any = None
+
+    def __enter__(self) -> "FolderLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.seek(0)
+            holder = self.handle.read().strip() or "unknown"
+            self.handle.close()
+            raise CheckpointError(f"another training process (pid {holder}) is using {self.path.parent}; "
+                                  "stop it, or wait for it to finish, before starting this job again") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(str(os.getpid()))
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()

@@ -1,0 +1,163 @@
+"""Prepared datasets on disk and the order in which training reads them.
+
+A prepared folder holds ``splits/{train,val}.txt`` (lines ``<image> <label>``, paths relative to the
+folder), single-channel uint8 label PNGs (255 = ignore) and ``meta.json`` (``classes``, ``palette``,
+``ignore_index``, ...). Images are decoded with torchvision.io (libjpeg-turbo / libpng) straight into
+uint8 tensors; grayscale images become RGB.
+
+Training order is a pure function of (seed, iteration): :class:`GlobalBatchSampler` yields, for each
+iteration, this rank's share of the global batch as ``(image index, augmentation seed)`` pairs, so a
+resumed or differently parallelised run reads the same images with the same crops.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from deeplab.transforms import sample_seed, train_sample
+
+
+class DatasetError(RuntimeError):
+    """The prepared dataset is missing or malformed; the message names the file and what to run."""
+
+
+def read_meta(prepared_dir: str | Path) -> dict[str, Any]:
+    path = Path(prepared_dir) / "meta.json"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: prepare the dataset first (python -m pipeline.prepare ...)")
+    meta = json.loads(path.read_text())
+    missing = [key for key in ("classes", "palette") if key not in meta]
+    if missing:
+        raise DatasetError(f"{path}: missing key(s) {', '.join(missing)}; re-run the prepare stage")
+    return meta
+
+
+def manifest_hash(prepared_dir: str | Path, split: str) -> str:
+    """sha256 of meta.json and the split list: identifies the data a model was trained or scored on."""
+    digest = hashlib.sha256()
+    for path in (Path(prepared_dir) / "meta.json", Path(prepared_dir) / "splits" / f"{split}.txt"):
+        digest.update(path.read_bytes() if path.is_file() else b"")
+    return digest.hexdigest()
+
+
+def read_split(prepared_dir: str | Path, split: str) -> list[tuple[Path, Path]]:
+    root = Path(prepared_dir)
+    path = root / "splits" / f"{split}.txt"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: prepare the dataset first (python -m pipeline.prepare ...)")
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise DatasetError(f"{path}:{number}: expected '<image> <label>', got {line!r}")
+        pairs.append((root / parts[0], root / parts[1]))
+    if not pairs:
+        raise DatasetError(f"{path} lists no images; re-run the prepare stage")
+    return pairs
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """uint8 (3, H, W) RGB, whatever the file's channels."""
+    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+
+
+def read_label(path: Path) -> torch.Tensor:
+    """uint8 (H, W) class indices."""
+    label = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    if label.shape[0] != 1:
+        raise DatasetError(f"{path}: label must be a single-channel PNG of class indices, "
+                           f"got {label.shape[0]} channels; re-run the prepare stage")
+    return label[0]
+
+
+class SegmentationDataset(Dataset):
+    """One split of a prepared dataset: ``(image uint8 (3, H, W), label uint8 (H, W), label name)``."""
+
+    def __init__(self, prepared_dir: str | Path, split: str) -> None:
+        self.pairs = read_split(prepared_dir, split)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        image_path, label_path = self.pairs[index]
+        image, label = read_image(image_path), read_label(label_path)
+        if image.shape[-2:] != label.shape:
+            raise DatasetError(f"{image_path} is {tuple(image.shape[-2:])} but its label {label_path} is "
+                               f"{tuple(label.shape)}; re-run the prepare stage")
+        return image, label, label_path.name
+
+
+class TrainDataset(Dataset):
+    """The training split with the recipe's augmentation; items are addressed by ``(index, seed)``."""
+
+    def __init__(self, prepared_dir: str | Path, split: str, *, base_scale: tuple[int, int],
+                 ratio_range: tuple[float, float], crop: tuple[int, int], cat_max_ratio: float) -> None:
+        self.images = SegmentationDataset(prepared_dir, split)
+        self.options = {"base_scale": base_scale, "ratio_range": ratio_range, "crop": crop,
+                        "cat_max_ratio": cat_max_ratio}
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = item
+        image, label, _ = self.images[index]
+        return train_sample(image, label, seed=seed, **self.options)
+
+
+def epoch_order(seed: int, epoch: int, num_images: int) -> torch.Tensor:
+    """The permutation of the images in ``epoch``: a pure function of (seed, epoch)."""
+    gen = torch.Generator().manual_seed(sample_seed(seed, epoch, -1))
+    return torch.randperm(num_images, generator=gen)
+
+
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields this rank's micro-batches of ``(index, seed)`` for iterations ``start`` .. ``stop - 1``.
+
+    Iteration ``it`` takes the global batch ``order[b * B:(b + 1) * B]`` of epoch ``it // per_epoch``
+    (``b = it % per_epoch``, the last incomplete batch of an epoch dropped); rank ``r`` of ``world`` takes
+    slots ``[r * B / world, (r + 1) * B / world)``, cut into ``accumulation`` micro-batches. The slot's
+    augmentation seed depends only on (seed, iteration, slot).
+    """
+
+    def __init__(self, num_images: int, global_batch: int, *, seed: int, start: int, stop: int,
+                 rank: int = 0, world: int = 1, accumulation: int = 1) -> None:
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} cannot be split over {world} processes")
+        share = global_batch // world
+        if accumulation < 1 or share % accumulation:
+            raise ValueError(f"per-process batch {share} cannot be cut into {accumulation} equal micro-batches")
+        if num_images < global_batch:
+            raise ValueError(f"{num_images} images cannot fill one global batch of {global_batch}")
+        self.num_images, self.batch, self.seed = num_images, global_batch, seed
+        self.start, self.stop, self.rank, self.share, self.accumulation = start, stop, rank, share, accumulation
+        self.per_epoch = num_images // global_batch
+        self._order: tuple[int, torch.Tensor] | None = None  # (epoch, permutation) cache
+
+    def __len__(self) -> int:
+        return max(self.stop - self.start, 0) * self.accumulation
+
+    def rank_items(self, iteration: int) -> list[tuple[int, int]]:
+        epoch, position = divmod(iteration, self.per_epoch)
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.seed, epoch, self.num_images))
+        order = self._order[1]
+        first = position * self.batch + self.rank * self.share
+        slots = range(self.rank * self.share, (self.rank + 1) * self.share)
+        return [(int(order[first + i]), sample_seed(self.seed, iteration, slot)) for i, slot in enumerate(slots)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        micro = self.share // self.accumulation
+        for iteration in range(self.start, self.stop):
+            items = self.rank_items(iteration)
+            for k in range(self.accumulation):
+                yield items[k * micro:(k + 1) * micro]

@@ -1,0 +1,143 @@
+"""Evaluation protocols of the recipe (shared/RECIPE.md) and the loop that scores a split.
+
+- single scale (the table's protocol): whole image, keep-ratio resized to fit ``eval_scale`` (native size
+  when it is None), logits resized bilinearly back to the label's size before the argmax;
+- multi-scale + flip (mmseg's extra column): ratios 0.5-1.75 of that size, with horizontal flips; the
+  softmax probabilities are averaged, as mmseg's ``aug_test`` does;
+- sliding window: the (resized) image is covered by training-crop-sized windows with 2/3 overlap stride,
+  logits averaged where windows overlap (mmseg's ``slide_inference``).
+The confusion matrix stays on the device for the whole split.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torchvision.io import write_png
+
+from deeplab.datasets import DatasetError, SegmentationDataset
+from deeplab.metrics import ConfusionMatrix
+from deeplab.transforms import IGNORE_INDEX, eval_size, normalize
+
+MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    ratios: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    window: tuple[int, int] | None = None  # sliding-window size (h, w); None = whole image
+
+
+SINGLE_SCALE = Protocol("single-scale")
+MULTI_SCALE_FLIP = Protocol("multi-scale+flip", ratios=MS_RATIOS, flip=True)
+
+
+def sliding_window(crop: tuple[int, int], ratios: tuple[float, ...] = (1.0,), flip: bool = False) -> Protocol:
+    return Protocol("sliding-window" + ("+multi-scale+flip" if flip else ""), ratios, flip, crop)
+
+
+def _windows(length: int, crop: int, stride: int) -> list[int]:
+    """Start offsets covering [0, length) with windows of ``crop`` (the last one flush with the end)."""
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    return sorted({max(min(i * stride + crop, length) - crop, 0) for i in range(count)})
+
+
+def forward_logits(model: nn.Module, x: torch.Tensor, window: tuple[int, int] | None) -> torch.Tensor:
+    """(1, 3, h, w) normalised input -> (1, C, h, w) logits, whole image or by sliding windows."""
+    if window is None:
+        return model(x)["out"]
+    (h, w), (ch, cw) = x.shape[-2:], window
+    sh, sw = math.ceil(ch * 2 / 3), math.ceil(cw * 2 / 3)
+    total, count = None, torch.zeros(1, 1, h, w, device=x.device)
+    for top in _windows(h, ch, sh):
+        for left in _windows(w, cw, sw):
+            logits = model(x[..., top:top + ch, left:left + cw])["out"].float()
+            if total is None:
+                total = torch.zeros(1, logits.shape[1], h, w, device=x.device)
+            total[..., top:top + ch, left:left + cw] += logits
+            count[..., top:top + ch, left:left + cw] += 1
+    return total / count
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, image: torch.Tensor, protocol: Protocol, eval_scale: tuple[int, int] | None,
+            dtype: torch.dtype | None = None, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (3, H, W) image on the model's device -> (H, W) predicted class indices (int64)."""
+    height, width = image.shape[-2:]
+    source = image.float()[None]
+    several = len(protocol.ratios) > 1 or protocol.flip
+    score = None
+    for ratio in protocol.ratios:
+        size = eval_size(height, width, eval_scale, ratio)
+        x = F.interpolate(source, size=size, mode="bilinear", align_corners=False).round_() \
+            if size != (height, width) else source                      # as a uint8 resize would
+        x = normalize(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for flip in (False, True) if protocol.flip else (False,):
+            with torch.autocast(image.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                logits = forward_logits(model, x.flip(-1) if flip else x, protocol.window).float()
+            logits = F.interpolate(logits.flip(-1) if flip else logits, size=(height, width), mode="bilinear",
+                                   align_corners=False)                # (1, C, H, W)
+            part = logits.softmax(1) if several else logits
+            score = part if score is None else score + part
+    return score.argmax(1)[0]
+
+
+def check_label(label: torch.Tensor, num_classes: int, name: str) -> None:
+    """Refuse labels with values that are neither a class nor the ignore index (a bad prepare)."""
+    bad = (label >= num_classes) & (label != IGNORE_INDEX)
+    if bool(bad.any()):
+        raise DatasetError(f"label {name} holds value {int(label[bad].max())}, but the dataset has "
+                           f"{num_classes} classes (and {IGNORE_INDEX} = ignore); re-run the prepare stage")
+
+
+@dataclass
+class SplitResult:
+    matrices: dict[str, ConfusionMatrix]
+    images: int
+    samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]  # (image, label, prediction) on the CPU
+
+
+def evaluate_split(model: nn.Module, prepared_dir: str | Path, split: str, *, num_classes: int,
+                   eval_scale: tuple[int, int] | None, protocols: list[Protocol], device: torch.device,
+                   dtype: torch.dtype | None = None, channels_last: bool = True, workers: int = 0,
+                   rank: int = 0, world: int = 1, predictions_dir: str | Path | None = None,
+                   keep_samples: int = 0) -> SplitResult:
+    """Score this rank's share (every ``world``-th image) of ``split`` under each protocol. The caller
+    sums the matrices across ranks. Predictions of the first protocol go to ``predictions_dir``."""
+    dataset = SegmentationDataset(prepared_dir, split)
+    share = Subset(dataset, range(rank, len(dataset), world))
+    loader = DataLoader(share, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    matrices = {p.name: ConfusionMatrix(num_classes, device) for p in protocols}
+    samples: list[Any] = []
+    model.eval()
+    for image, label, name in loader:
+        check_label(label, num_classes, name)
+        image, target = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        for k, protocol in enumerate(protocols):
+            prediction = predict(model, image, protocol, eval_scale, dtype, channels_last)
+            matrices[protocol.name].update(prediction, target)
+            if k == 0 and predictions_dir is not None:
+                write_png(prediction.to(torch.uint8)[None].cpu(), str(Path(predictions_dir) / name))
+            if k == 0 and len(samples) < keep_samples:
+                samples.append((image.cpu(), label, prediction.cpu()))
+    return SplitResult(matrices, len(share), samples)
+
+
+def summarize(matrix: ConfusionMatrix, class_names: list[str]) -> dict[str, Any]:
+    """metrics.json's numbers: mIoU, aAcc, mAcc (percent) and per-class IoU / accuracy by class name."""
+    values = matrix.compute()
+    if len(class_names) != matrix.num_classes:
+        raise DatasetError(f"meta.json lists {len(class_names)} classes but the model has {matrix.num_classes}")
+    per_class = lambda key: {n: (None if math.isnan(v) else round(v, 4)) for n, v in zip(class_names, values[key])}
+    return {"mIoU": round(values["mIoU"], 4), "aAcc": round(values["aAcc"], 4), "mAcc": round(values["mAcc"], 4),
+            "per_class_iou": per_class("iou"), "per_class_acc": per_class("acc"), "pixels": values["pixels"]}

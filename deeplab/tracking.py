@@ -1,0 +1,172 @@
+"""MLflow mirror of a cell's files: one run per cell (named by the cell id) in the preset's experiment.
+
+The files in the cell folder are the record; MLflow only mirrors them. So every MLflow call goes through
+:class:`Tracker`, which warns once and turns itself off on the first failure (an unreachable server, a
+locked database) instead of killing a training job. ``mlflow`` is imported lazily: the import alone takes
+3-4 s. Metrics are logged asynchronously so the training loop never waits on the store.
+
+The run id is kept in ``<cell dir>/mlflow_run_id``: a resumed training job and the evaluation stage
+reattach to that run rather than opening new ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+RUN_ID_FILE = "mlflow_run_id"
+# An unreachable HTTP server blocks ~245 s with MLflow's default retries: fail fast instead.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+def default_tracking_uri(project_root: str | Path) -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else an absolute SQLite file in the project root (four slashes)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{Path(project_root).resolve() / 'mlflow.db'}"
+
+
+def artifact_root(uri: str, project_root: str | Path) -> str | None:
+    """Absolute artifact location for local stores (``<root>/mlartifacts``); servers choose their own."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (Path(project_root).resolve() / "mlartifacts").as_uri()
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"train.lr": "0.01", ...}`` (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return flat
+
+
+def _mlflow() -> Any:
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    import mlflow  # lazy: 3-4 s
+    return mlflow
+
+
+def init_store(uri: str, experiment: str, project_root: str | Path) -> str:
+    """Create the store (schema migration) and the experiment once; return the experiment id. Raises
+    on failure: this is the one place where the store must work."""
+    client = _mlflow().MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    return client.create_experiment(experiment, artifact_location=artifact_root(uri, project_root))
+
+
+class Tracker:
+    """Guarded MLflow run of one cell. With ``enabled=False`` (non-zero ranks) every call is a no-op."""
+
+    def __init__(self, *, uri: str, experiment: str, cell_dir: str | Path, project_root: str | Path,
+                 enabled: bool = True) -> None:
+        self.uri, self.experiment, self.enabled = uri, experiment, enabled
+        self.cell_dir, self.project_root = Path(cell_dir), Path(project_root)
+        self.client: Any = None
+        self.run_id: str | None = None
+
+    def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # tracking must never kill a job: warn once, go on with the files
+            self.enabled = False
+            warnings.warn(f"MLflow tracking at {self.uri} failed while trying to {what} ({type(exc).__name__}: "
+                          f"{exc}); continuing without MLflow, the files in {self.cell_dir} are the record",
+                          RuntimeWarning, stacklevel=3)
+            return None
+
+    def start(self, run_name: str, params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, str] | None = None) -> str | None:
+        """Open (or reattach to) this cell's run; log params and tags when the run is new."""
+        return self._guard("start the run", self._start, run_name, params or {}, tags or {})
+
+    def _start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        mlflow = _mlflow()
+        self.client = mlflow.MlflowClient(tracking_uri=self.uri)
+        id_file = self.cell_dir / RUN_ID_FILE
+        if id_file.is_file() and self._reattach(id_file.read_text().strip()):
+            pass
+        else:
+            experiment_id = init_store(self.uri, self.experiment, self.project_root)
+            self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
+            _write_text(id_file, self.run_id)
+            params_list = [mlflow.entities.Param(k, v[:6000]) for k, v in flatten(params).items()]
+            for i in range(0, len(params_list), 100):
+                self.client.log_batch(self.run_id, params=params_list[i:i + 100])
+        if tags:
+            self.client.log_batch(self.run_id, tags=[mlflow.entities.RunTag(k, str(v)) for k, v in tags.items()])
+        return self.run_id
+
+    def _reattach(self, run_id: str) -> bool:
+        """Reopen a stored run id; False when the store no longer knows it (e.g. a fresh database)."""
+        from mlflow.exceptions import MlflowException
+        try:
+            self.client.get_run(run_id)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return False
+        self.run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        return True
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Asynchronous: queued, never waits on the store."""
+        self._guard("log metrics", self._log_metrics, metrics, step)
+
+    def _log_metrics(self, metrics: Mapping[str, float], step: int | None) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if self.run_id is not None:
+            self._guard(f"upload {path}", self.client.log_artifact, self.run_id, str(path), folder)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Flush queued metrics and mark the run ``FINISHED`` / ``FAILED`` / ``KILLED``."""
+        if self.run_id is not None:
+            self._guard("finish the run", self._end, status)
+
+    def _end(self, status: str) -> None:
+        _mlflow().flush_async_logging()
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_state(project_root: str | Path) -> dict[str, Any]:
+    """Commit of the project checkout and whether tracked files differ from it (provenance)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project_root, capture_output=True, text=True, timeout=20,
+                              check=True).stdout.strip()
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"),
+                "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown (not a git checkout)", "git_dirty": None}
+
+
+def metric_key(name: str) -> str:
+    """A class name as an MLflow metric key (letters, digits and ``_-. /`` only)."""
+    return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)

@@ -1,0 +1,372 @@
+"""Training of one table cell, per the recipe (shared/RECIPE.md), resumable and preemption-safe.
+
+The verbs: :func:`build_model`, :func:`make_loader`, :func:`device_batch`, :func:`train_iteration`,
+:func:`save_checkpoint` / :func:`resume`, and :func:`train`, which runs them. Every random choice is a
+function of (seed, iteration): the data order and augmentation through the sampler, dropout through a
+per-iteration reseed, so a run killed and resumed from a checkpoint ends bit-identical on CPU.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from deeplab.checkpoint import LAST, FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
+from deeplab.config import CellConfig
+from deeplab.datasets import GlobalBatchSampler, TrainDataset
+from deeplab.distributed import Context, any_rank, barrier
+from deeplab.losses import criterion
+from deeplab.model import convert_sync_batchnorm, deeplabv3plus
+from deeplab.schedule import build_optimizer, build_scheduler
+from deeplab.transforms import normalize, photometric_distortion, sample_seed
+
+LOG_FIELDS = ("iteration", "loss", "main_loss", "aux_loss", "lr", "images_per_s", "peak_memory_mb")
+DROPOUT_SLOT = 1 << 20  # sample_seed slot of the per-iteration dropout seed, apart from the sample slots
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM / SIGINT arrived; a checkpoint was written and the job stopped."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. ``auto``: bf16 on GPUs that have it, fp16 on older GPUs, fp32
+    on CPU; an explicit bf16 / fp16 / fp32 is honoured on any device."""
+    if setting == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[setting]
+
+
+def configure_backends(cfg: CellConfig, device: torch.device, dtype: torch.dtype | None) -> None:
+    """Determinism, cudnn autotuning, and TF32 only when the run is not strict fp32."""
+    if cfg.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = not cfg.train.deterministic
+    torch.backends.cuda.matmul.allow_tf32 = dtype is not None
+    torch.backends.cudnn.allow_tf32 = dtype is not None
+
+
+def build_model(cfg: CellConfig, device: torch.device, weights: str | Path | None = None,
+                distributed: bool = False) -> nn.Module:
+    """DeepLabV3+ of the cell (with its aux head), on ``device``, channels-last if asked; SyncBatchNorm
+    across GPUs (gloo on CPU has no SyncBatchNorm: each process keeps its own statistics)."""
+    model = deeplabv3plus(backbone=cfg.cell.backbone, output_stride=cfg.cell.output_stride,
+                          num_classes=cfg.data.num_classes, aux_loss=True, stem=cfg.model.stem,
+                          pretrained_backbone=weights, aspp_rates=cfg.aspp_rates,
+                          aspp_channels=cfg.model.aspp_channels, low_level_channels=cfg.model.low_level_channels,
+                          decoder_channels=cfg.model.decoder_channels, aux_channels=cfg.model.aux_channels,
+                          dropout=cfg.model.dropout)
+    if distributed and device.type == "cuda":
+        model = convert_sync_batchnorm(model)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def accumulation_steps(share: int, max_micro_batch: int) -> int:
+    """Fewest equal micro-batches of at most ``max_micro_batch`` images that make up ``share``."""
+    if max_micro_batch <= 0 or max_micro_batch >= share:
+        return 1
+    return next(k for k in range(math.ceil(share / max_micro_batch), share + 1) if share % k == 0)
+
+
+def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: int, stop: int) -> DataLoader:
+    """This rank's micro-batches for iterations start..stop-1, decoded and augmented by the workers."""
+    data = cfg.data
+    dataset = TrainDataset(prepared_dir, data.train_split, base_scale=data.base_scale,
+                           ratio_range=data.ratio_range, crop=data.crop_size, cat_max_ratio=data.cat_max_ratio)
+    accumulation = accumulation_steps(data.batch_size // ctx.world, cfg.train.max_micro_batch)
+    sampler = GlobalBatchSampler(len(dataset), data.batch_size, seed=cfg.train.seed, start=start, stop=stop,
+                                 rank=ctx.rank, world=ctx.world, accumulation=accumulation)
+    workers = cfg.train.workers
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=ctx.device.type == "cuda",
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                      generator=torch.Generator().manual_seed(cfg.train.seed))  # never touches the global RNG
+
+
+def device_batch(batch: dict[str, torch.Tensor], device: torch.device,
+                 channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 worker output -> normalised float images (N, 3, H, W) and uint8 labels (N, H, W) on the
+    device; the photometric distortion and normalisation run here, on the whole batch."""
+    images = batch["image"].to(device, non_blocking=True).float()
+    images = normalize(photometric_distortion(images, batch["photometric"]), batch["valid_hw"])
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, batch["label"].to(device, non_blocking=True)
+
+
+def train_iteration(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, cfg: CellConfig, device: torch.device,
+                    dtype: torch.dtype | None) -> torch.Tensor:
+    """One optimiser step over this rank's share of the global batch; returns (loss, main, aux) on the
+    device (no host sync). Micro-batch losses are divided by the share's valid-pixel count, so
+    accumulation gives the gradient of the whole share."""
+    optimizer.zero_grad(set_to_none=True)
+    batches = [device_batch(b, device, cfg.train.channels_last) for b in micro_batches]
+    valid = sum((labels != 255).sum() for _, labels in batches)
+    totals = torch.zeros(3, device=device)
+    for k, (images, labels) in enumerate(batches):
+        sync = k == len(batches) - 1 or not isinstance(model, DistributedDataParallel)
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                outputs = model(images)
+            losses = criterion(outputs, labels, aux_weight=cfg.train.aux_weight, valid_pixels=valid)
+            scaler.scale(losses["loss"]).backward()
+        totals += torch.stack([losses["loss"], losses["main"], losses["aux"]]).detach()
+    scaler.step(optimizer)
+    scaler.update()
+    return totals
+
+
+@dataclass
+class State:
+    """What a checkpoint restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    iteration: int = 0
+
+    def bare_model(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
+
+def save_checkpoint(state: State, cfg: CellConfig, path: Path) -> None:
+    atomic_save({"model": state.bare_model().state_dict(), "optimizer": state.optimizer.state_dict(),
+                 "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
+                 "rng": rng_state(), "iteration": state.iteration, "data_position": state.iteration,
+                 "digest": cfg.digest(), "config": cfg.to_dict()}, path)
+
+
+def resume(state: State, cfg: CellConfig, path: Path) -> bool:
+    """Restore ``state`` from ``path`` if it exists (refused when made under another config)."""
+    if not path.is_file():
+        return False
+    saved = load_checkpoint(path, cfg.digest(), cfg.to_dict())
+    state.bare_model().load_state_dict(saved["model"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    state.scheduler.load_state_dict(saved["scheduler"])
+    state.scaler.load_state_dict(saved["scaler"])
+    set_rng_state(saved["rng"])
+    state.iteration = saved["iteration"]
+    return True
+
+
+@dataclass
+class TrainLog:
+    """``train_log.csv``: one row per logged iteration; rows past the resumed checkpoint are dropped."""
+
+    path: Path
+    enabled: bool = True
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def open(self, start: int) -> None:
+        if self.enabled and self.path.is_file():
+            with self.path.open() as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["iteration"]) <= start]
+            self._write()
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            self.rows.append(row)
+            self._write()
+
+    def _write(self) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, self.path)
+
+
+class StopSignals:
+    """SIGTERM / SIGINT set a flag the loop checks between iterations (never mid-step)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclass
+class Window:
+    """Loss sums and timing between two log points, kept on the device until the log sync."""
+
+    device: torch.device
+    sums: torch.Tensor = None  # type: ignore[assignment]
+    first_bad: torch.Tensor = None  # type: ignore[assignment]
+    count: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.sums = torch.zeros(3, device=self.device)
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
+
+    def add(self, losses: torch.Tensor, iteration: int) -> None:
+        bad = ~torch.isfinite(losses[0])
+        self.first_bad = torch.where(bad & (self.first_bad < 0), iteration, self.first_bad)
+        self.sums += losses
+        self.count += 1
+
+
+def check_finite(window: Window, checkpoint: Path, ctx: Context) -> None:
+    """Raise :class:`NonFiniteLoss` (on every rank) if any rank saw a non-finite loss in the window."""
+    first_bad = int(window.first_bad.item())
+    if any_rank(ctx, first_bad >= 0):
+        good = torch.load(checkpoint, map_location="cpu", weights_only=False)["iteration"] \
+            if checkpoint.is_file() else None
+        where = f"{checkpoint} (iteration {good})" if good is not None else "none (no checkpoint written yet)"
+        raise NonFiniteLoss(f"loss became NaN/inf at iteration {first_bad + 1 if first_bad >= 0 else '?'} "
+                            f"(on rank {ctx.rank if first_bad >= 0 else 'other'}); last good checkpoint: {where}. "
+                            "Lower the learning rate or use precision fp32, then rerun to resume from it.")
+
+
+Logger = Callable[[dict[str, float], int], None]
+
+
+def log_window(window: Window, state: State, cfg: CellConfig, ctx: Context, log: TrainLog,
+               on_metrics: Logger) -> None:
+    """Write one train_log.csv row (averaged over the window) and mirror it to the tracker."""
+    elapsed = time.perf_counter() - window.started
+    sums = (window.sums / max(window.count, 1)).tolist()  # the one host sync of the window
+    peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else 0.0
+    row = {"iteration": state.iteration, "loss": sums[0], "main_loss": sums[1], "aux_loss": sums[2],
+           "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": window.count * cfg.data.batch_size / elapsed,
+           "peak_memory_mb": peak}
+    log.append(row)
+    on_metrics({k: v for k, v in row.items() if k != "iteration"}, state.iteration)
+
+
+def _stop_requested(signals: StopSignals, ctx: Context, at_log: bool) -> bool:
+    """Single process: every iteration (a Python flag). DDP: agreed at log points (a collective)."""
+    if not ctx.distributed:
+        return signals.signum is not None
+    return at_log and any_rank(ctx, signals.signum is not None)
+
+
+def _write_checkpoint(state: State, cfg: CellConfig, path: Path, ctx: Context) -> None:
+    if ctx.is_main:
+        save_checkpoint(state, cfg, path)
+    barrier(ctx)
+
+
+def run_iterations(state: State, loader: DataLoader, cfg: CellConfig, ctx: Context, max_iters: int,
+                   checkpoint: Path, log: TrainLog, on_metrics: Logger, on_validate: Callable[[int], None],
+                   dtype: torch.dtype | None) -> None:
+    """The loop: one optimiser step per iteration; log, check, checkpoint, validate at their periods."""
+    accumulation = loader.batch_sampler.accumulation
+    batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
+    window, t = Window(ctx.device), cfg.train
+    with StopSignals() as signals:
+        while state.iteration < max_iters:
+            torch.manual_seed(sample_seed(t.seed, state.iteration, DROPOUT_SLOT + ctx.rank))  # dropout masks
+            micro = [next(batches) for _ in range(accumulation)]
+            window.add(train_iteration(state.model, micro, state.optimizer, state.scaler, cfg, ctx.device, dtype),
+                       state.iteration)
+            state.iteration += 1
+            at_log = state.iteration % t.log_every == 0 or state.iteration == max_iters
+            at_checkpoint = state.iteration % t.checkpoint_every == 0
+            stop = _stop_requested(signals, ctx, at_log)
+            if at_log or at_checkpoint or stop:
+                check_finite(window, checkpoint, ctx)
+            if at_log:
+                log_window(window, state, cfg, ctx, log, on_metrics)
+            state.scheduler.step()
+            if at_log:
+                window = Window(ctx.device)
+            if (at_checkpoint or stop) and state.iteration < max_iters:
+                _write_checkpoint(state, cfg, checkpoint, ctx)
+            if stop:
+                raise Interrupted(signals.signum or signal.SIGTERM, f"stopped by signal {signals.signum} at "
+                                  f"iteration {state.iteration}; checkpoint {checkpoint}; rerun to resume")
+            if t.val_every and state.iteration % t.val_every == 0 and state.iteration < max_iters:
+                on_validate(state.iteration)
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) -> None:
+    """``model.pt``: the trained weights (``state_dict``) and what they are; written last, atomically."""
+    atomic_save({"state_dict": model.state_dict(), "cell": cfg.cell.id, "digest": cfg.digest(),
+                 "config": cfg.to_dict(), "iteration": iteration}, path)
+
+
+def train(cfg: CellConfig, *, prepared_dir: str | Path, cell_dir: str | Path, ctx: Context, max_iters: int,
+          weights: str | Path | None = None, on_metrics: Logger = lambda m, s: None,
+          on_validate: Callable[[nn.Module, int], None] = lambda model, it: None) -> Path:
+    """Train one cell into ``cell_dir`` (resuming from ``checkpoints/last.pt`` if present); return the
+    path of ``model.pt``. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points."""
+    cell_dir = Path(cell_dir)
+    checkpoint = cell_dir / "checkpoints" / LAST
+    dtype = resolve_precision(cfg.train.precision, ctx.device)
+    configure_backends(cfg, ctx.device, dtype)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg, ctx.device, weights, ctx.distributed)
+    optimizer = build_optimizer(model, cfg.train)
+    state = State(model, optimizer, build_scheduler(optimizer, max_iters, cfg.train),
+                  torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16))
+    with FolderLock(checkpoint.parent) if ctx.is_main else contextlib.nullcontext():
+        resume(state, cfg, checkpoint)
+        if ctx.distributed:
+            state.model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
+                                                  else None)
+        log = TrainLog(cell_dir / "train_log.csv", enabled=ctx.is_main)
+        log.open(state.iteration)
+        state.model.train()
+        loader = make_loader(cfg, prepared_dir, ctx, state.iteration, max_iters)
+        run_iterations(state, loader, cfg, ctx, max_iters, checkpoint, log, on_metrics,
+                       lambda it: _validate(state, on_validate, it), dtype)
+        final = cell_dir / "model.pt"
+        if ctx.is_main:
+            save_final(state.bare_model(), cfg, final, state.iteration)
+            checkpoint.unlink(missing_ok=True)  # the final weights supersede it; checkpoints are large
+        barrier(ctx)
+    return final
+
+
+def _validate(state: State, on_validate: Callable[[nn.Module, int], None], iteration: int) -> None:
+    state.model.eval()
+    try:
+        on_validate(state.bare_model(), iteration)
+    finally:
+        state.model.train()

@@ -1,0 +1,216 @@
+"""Joint (image, label) transforms of the training recipe (shared/RECIPE.md), in the reference's order:
+random keep-ratio rescale, random crop with the single-class rule, horizontal flip, photometric
+distortion, normalisation, padding to the crop size (image 0, label ignore).
+
+Images stay uint8 ``(3, H, W)`` and labels uint8 ``(H, W)`` until normalisation. Every random draw comes
+from an explicit ``torch.Generator``, so a sample's augmentation is a pure function of its seed, whatever
+process or worker computes it. Labels are only ever resized with nearest neighbour.
+
+The per-pixel colour work (photometric distortion, normalisation) runs on whole batches on the training
+device (:func:`photometric_distortion`, :func:`normalize`): the loader worker only draws its parameters
+(:func:`draw_photometric`), so the CPU workers do decode, resize, crop and flip on uint8 and nothing else.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = 255
+MEAN = (123.675, 116.28, 103.53)  # ImageNet mean of 0-255 RGB
+STD = (58.395, 57.12, 57.375)
+BRIGHTNESS_DELTA = 32.0
+CONTRAST_RANGE = (0.5, 1.5)
+SATURATION_RANGE = (0.5, 1.5)
+HUE_DELTA = 18  # in OpenCV's 8-bit hue units (0-180), as the reference: +-36 degrees
+CROP_TRIES = 10  # the crop is re-drawn up to this many times while one class dominates
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=gen).item()
+
+
+def _randint(gen: torch.Generator, low: int, high: int) -> int:
+    """An integer in [low, high)."""
+    return int(torch.randint(low, high, (), generator=gen).item())
+
+
+def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the keep-ratio resize that fits ``scale`` = (long edge max, short edge max), rounded as
+    the reference (mmcv ``rescale_size``)."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a uint8 (3, H, W) image; no antialiasing, like OpenCV's INTER_LINEAR."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    return F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+
+
+def resize_label(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of a uint8 (H, W) label: never blends class indices."""
+    if tuple(label.shape[-2:]) == tuple(size):
+        return label
+    return F.interpolate(label[None, None], size=size, mode="nearest")[0, 0]
+
+
+def random_rescale(image: torch.Tensor, label: torch.Tensor, base_scale: tuple[int, int],
+                   ratio_range: tuple[float, float], gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    ratio = _uniform(gen, *ratio_range)
+    scale = (int(base_scale[0] * ratio), int(base_scale[1] * ratio))
+    size = keep_ratio_size(image.shape[-2], image.shape[-1], scale)
+    return resize_image(image, size), resize_label(label, size)
+
+
+def random_crop(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int], cat_max_ratio: float,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop of at most ``crop`` (h, w); re-drawn up to 10 times while one class covers more than
+    ``cat_max_ratio`` of the crop's non-ignored pixels (or it holds a single class), as the reference."""
+    height, width = label.shape
+    for _ in range(CROP_TRIES):
+        top = _randint(gen, 0, max(height - crop[0], 0) + 1)
+        left = _randint(gen, 0, max(width - crop[1], 0) + 1)
+        window = label[top:top + crop[0], left:left + crop[1]]
+        if cat_max_ratio >= 1:
+            break
+        counts = torch.bincount(window.reshape(-1), minlength=256)[:IGNORE_INDEX]
+        counts = counts[counts > 0]
+        if len(counts) > 1 and counts.max().item() < cat_max_ratio * counts.sum().item():
+            break
+    return image[:, top:top + crop[0], left:left + crop[1]], window
+
+
+def random_flip(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator,
+                prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    if torch.rand((), generator=gen).item() < prob:
+        return image.flip(-1), label.flip(-1)
+    return image, label
+
+
+def pad(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad bottom and right to ``crop``: image with 0, label with the ignore index."""
+    dh, dw = crop[0] - image.shape[-2], crop[1] - image.shape[-1]
+    if dh <= 0 and dw <= 0:
+        return image, label
+    return (F.pad(image, (0, max(dw, 0), 0, max(dh, 0)), value=0),
+            F.pad(label, (0, max(dw, 0), 0, max(dh, 0)), value=IGNORE_INDEX))
+
+
+@dataclass(frozen=True)
+class Photometric:
+    """The random parameters of one sample's photometric distortion (identity values = not applied)."""
+
+    brightness: float = 0.0        # added to every channel
+    contrast: float = 1.0          # multiplies every channel
+    contrast_first: bool = True    # contrast before (True) or after the saturation/hue step
+    saturation: float = 1.0        # multiplies HSV saturation
+    hue: float = 0.0               # added to HSV hue, in OpenCV units (0-180)
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.brightness, self.contrast, float(self.contrast_first),
+                             self.saturation, self.hue], dtype=torch.float32)
+
+
+def draw_photometric(gen: torch.Generator) -> Photometric:
+    """Draw the reference's PhotoMetricDistortion: each of brightness, contrast, saturation and hue is
+    applied with probability 1/2; contrast comes first or last with probability 1/2."""
+    brightness = _uniform(gen, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA) if _randint(gen, 0, 2) else 0.0
+    contrast_first = bool(_randint(gen, 0, 2))
+    contrast = _uniform(gen, *CONTRAST_RANGE) if _randint(gen, 0, 2) else 1.0
+    saturation = _uniform(gen, *SATURATION_RANGE) if _randint(gen, 0, 2) else 1.0
+    hue = float(_randint(gen, -HUE_DELTA, HUE_DELTA + 1)) if _randint(gen, 0, 2) else 0.0
+    return Photometric(brightness, contrast, contrast_first, saturation, hue)
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) RGB in [0, 255] -> HSV with H in [0, 6), S in [0, 1], V in [0, 255]."""
+    value, _ = rgb.max(dim=1)
+    chroma = value - rgb.min(dim=1)[0]
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    r, g, b = rgb.unbind(1)
+    hue = torch.where(value == r, ((g - b) / safe) % 6,
+                      torch.where(value == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(chroma > 0, hue, torch.zeros_like(hue))
+    saturation = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)),
+                             torch.zeros_like(value))
+    return torch.stack([hue, saturation, value], dim=1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    hue, saturation, value = hsv.unbind(1)
+    k = (torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
+         + hue[:, None]) % 6                                                   # (N, 3, H, W)
+    weight = torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+    return value[:, None] - value[:, None] * saturation[:, None] * weight
+
+
+def photometric_distortion(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """Apply each sample's :class:`Photometric` to a float (N, 3, H, W) batch in [0, 255].
+
+    ``params`` is (N, 5) as :meth:`Photometric.as_tensor`. Values are clipped to [0, 255] after each
+    step, as the reference does; unlike it, intermediate results are not rounded to uint8.
+    """
+    p = params.to(images.device, images.dtype)[:, :, None, None]               # (N, 5, 1, 1)
+    brightness, contrast, first, saturation, hue = p.unbind(1)
+    first, contrast = first[:, None], contrast[:, None]
+    x = (images + brightness[:, None]).clamp_(0, 255)
+    x = torch.where(first > 0, (x * contrast).clamp_(0, 255), x)
+    if bool((params[:, 3] != 1).any() or (params[:, 4] != 0).any()):
+        hsv = rgb_to_hsv(x)
+        h = (hsv[:, 0] + hue * (6 / 180)) % 6                                  # OpenCV hue 180 = 6 sectors
+        s = (hsv[:, 1] * saturation).clamp(0, 1)
+        x = hsv_to_rgb(torch.stack([h, s, hsv[:, 2]], dim=1)).clamp_(0, 255)
+    return torch.where(first > 0, x, (x * contrast).clamp_(0, 255))
+
+
+def normalize(images: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 255] -> normalised with the ImageNet mean/std. With ``valid_hw`` (N, 2),
+    pixels beyond each sample's valid height/width (its padding) are set to 0 after normalisation, which
+    equals padding the normalised image with 0 as the reference does."""
+    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    x = (images - mean) / std
+    if valid_hw is not None:
+        rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1)
+        cols = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1)
+        hw = valid_hw.to(x.device)
+        inside = (rows < hw[:, 0].view(-1, 1, 1)) & (cols < hw[:, 1].view(-1, 1, 1))  # (N, H, W)
+        x = x * inside[:, None].to(x.dtype)
+    return x
+
+
+def train_sample(image: torch.Tensor, label: torch.Tensor, *, base_scale: tuple[int, int],
+                 ratio_range: tuple[float, float], crop: tuple[int, int], cat_max_ratio: float,
+                 seed: int) -> dict[str, torch.Tensor]:
+    """The worker side of the training chain for one sample: rescale, crop, flip, pad, and the drawn
+    photometric parameters. Returns uint8 ``image`` (3, h, w), ``label`` (h, w), ``valid_hw`` (2,) and
+    ``photometric`` (5,); the batch side is :func:`photometric_distortion` then :func:`normalize`."""
+    gen = torch.Generator().manual_seed(seed)
+    image, label = random_rescale(image, label, base_scale, ratio_range, gen)
+    image, label = random_crop(image, label, crop, cat_max_ratio, gen)
+    image, label = random_flip(image, label, gen)
+    photometric = draw_photometric(gen)
+    valid_hw = torch.tensor(image.shape[-2:], dtype=torch.int32)
+    image, label = pad(image, label, crop)
+    return {"image": image.contiguous(), "label": label.contiguous(), "valid_hw": valid_hw,
+            "photometric": photometric.as_tensor()}
+
+
+def sample_seed(seed: int, iteration: int, slot: int) -> int:
+    """Seed of the augmentation of the ``slot``-th sample of global batch ``iteration``: a pure
+    function of the three numbers (splitmix64-style mixing), so a resumed run draws the same crops."""
+    x = (seed * 0x9E3779B97F4A7C15 + iteration * 0xBF58476D1CE4E5B9 + slot * 0x94D049BB133111EB) % 2**64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
+    return (x ^ (x >> 31)) % 2**63
+
+
+def eval_size(height: int, width: int, eval_scale: tuple[int, int] | None, ratio: float = 1.0) -> tuple[int, int]:
+    """Input size at evaluation: keep-ratio fit to ``eval_scale`` x ratio, or the native size x ratio."""
+    if eval_scale is None:
+        return int(math.floor(height * ratio + 0.5)), int(math.floor(width * ratio + 0.5))
+    return keep_ratio_size(height, width, (int(eval_scale[0] * ratio), int(eval_scale[1] * ratio)))
