@@ -29,6 +29,7 @@ from deeplab.data.labels import IGNORE_INDEX
 from deeplab.data.layouts import LAYOUTS, Layout
 
 MAX_LISTED_PROBLEMS = 20  # enough to see the pattern without flooding the terminal
+MIN_JOBS_FOR_POOL = 64    # below this, starting worker processes costs more than it saves
 
 
 class PrepareError(RuntimeError):
@@ -89,7 +90,7 @@ def _build(dataset: str, layout: Layout, archives: list[Path], build: Path,
 def convert_all(jobs: list[Job], workers: int | None = None) -> list[Result]:
     """Convert every label, in a process pool when there are enough files to pay for it."""
     workers = workers or os.cpu_count() or 1
-    if workers <= 1 or len(jobs) < 64:
+    if workers <= 1 or len(jobs) < MIN_JOBS_FOR_POOL:
         return [convert(job) for job in jobs]
     chunk = max(1, min(64, len(jobs) // (workers * 8)))  # small chunks balance, large ones cut overhead
     with multiprocessing.get_context("fork").Pool(workers) as pool:

@@ -75,7 +75,7 @@ def paint(label: np.ndarray, background: np.ndarray, rng: np.random.Generator,
           keep: np.ndarray | None = None) -> np.ndarray:
     """RGB image for ``label``: each class in its colour with noise; ``keep`` pixels stay background."""
     colours = class_colours().astype(np.float64)
-    image = colours[label] + rng.normal(0, 10, label.shape + (3,))
+    image = colours[label] + rng.normal(0, 6, label.shape + (3,))
     if keep is not None:
         image[keep] = background[keep]
     return np.clip(image, 0, 255).astype(np.uint8)
@@ -267,7 +267,7 @@ def _write_ade20k(raw_dir: Path, rng: np.random.Generator, *, train: int = 32, v
     for split, folder, prefix, n in (("train", "training", "ADE_train", train),
                                      ("val", "validation", "ADE_val", val)):
         for k in range(1, n + 1):
-            image, label = _ade_scene(rng, *_size(rng, height, width, True), grey=k % 7 == 3)
+            image, label = _ade_scene(rng, *_size(rng, height, width, True), grey=k % 11 == 5)
             members.append((f"{root}/images/{folder}/{prefix}_{k:08d}.jpg", encode(image, "JPEG")))
             members.append((f"{root}/annotations/{folder}/{prefix}_{k:08d}.png", encode(label, "PNG")))
             scenes.append(f"{prefix}_{k:08d} {('bathroom', 'street', 'kitchen')[k % 3]}")
