@@ -97,7 +97,7 @@ rule train_cell:
     input:
         meta=lambda w: prepared_meta(CELLS[w.cell].dataset),
         weights=weights_for,
-        tracking=rules.init_tracking.output.store,
+        tracking=ancient(rules.init_tracking.output.store),  # order only: a re-made store retrains nothing
     output: model=f"{P.cell_dir('{cell}')}/model.pt"  # written last; train_log.csv, config.yaml beside it
     log: f"{LOGS}/train_cell/{{cell}}.log"
     params:
@@ -116,7 +116,7 @@ rule evaluate_cell:
     input:
         model=rules.train_cell.output.model,
         meta=lambda w: prepared_meta(CELLS[w.cell].dataset),
-        tracking=rules.init_tracking.output.store,
+        tracking=ancient(rules.init_tracking.output.store),
     output: metrics=f"{P.cell_dir('{cell}')}/metrics.json"
     log: f"{LOGS}/evaluate_cell/{{cell}}.log"
     threads: 2

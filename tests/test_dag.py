@@ -1,0 +1,241 @@
+"""The DAG's shape in both tools (without running a stage), GPU slot exclusivity, and the README's tables.
+
+Dry runs happen in a temporary copy of the tracked files, so results a user already has do not change
+what the full preset's dry run must list.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from deeplab.config import load_params
+from deeplab.gpus import acquire, gpu_pool
+from tests.dag_fixtures import ROOT, copy_checkout, run_tool
+
+PARAMS = load_params(ROOT / "params")
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_checkout(tmp_path_factory.mktemp("checkout"))
+
+
+def _dry_run(checkout: Path, *args: str) -> str:
+    return run_tool(["snakemake", "-n", "-p", *args], checkout, timeout=120).stdout
+
+
+def _job_blocks(dry_run: str, rule: str) -> list[str]:
+    """The text of each job of ``rule`` in a dry run's listing."""
+    blocks = re.split(r"\n(?=\[[^\]]+\]\n|rule |localrule )", dry_run)
+    return [b for b in blocks if re.match(rf"(\[[^\]]+\]\n)?(local)?rule {rule}:", b)]
+
+
+def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checkout: Path) -> None:
+    out = _dry_run(checkout, "results/table.md")
+    train, evaluate = _job_blocks(out, "train_cell"), _job_blocks(out, "evaluate_cell")
+    cells = {re.search(r"wildcards: cell=(\S+)", b).group(1) for b in train}  # type: ignore[union-attr]
+    assert cells == set(PARAMS.cells) and len(train) == 12 and len(evaluate) == 12
+    for block in train:
+        assert re.search(r"resources: .*\bgpu=1\b", block), block
+        assert re.search(r"\bmem_mb=\d+", block) and re.search(r"\bruntime=\d+", block), block
+        assert "pipeline.gpu_slot --cell" in block and "-m pipeline.train --cell" in block, block
+        assert "--preset full" in block and "data/raw/weights/manifest-r" in block, block
+    counts = Counter(re.findall(r"(?m)^(?:local)?rule (\w+):", out))
+    assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "init_tracking": 1,
+                      "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
+
+
+def test_smoke_dry_run_stays_inside_the_smoke_folders(checkout: Path) -> None:
+    out = _dry_run(checkout, "results/smoke/table.md", "--config", "preset=smoke")
+    assert len(_job_blocks(out, "train_cell")) == 12 and "download_weights" not in out  # trains from scratch
+    paths = set(re.findall(r"(?:data|results|logs)/[\w./-]+", out))
+    assert paths and all(p.startswith(("data/smoke/", "results/smoke/", "logs/smoke/")) for p in paths), paths
+
+
+def test_an_unknown_preset_is_refused_with_the_known_ones(checkout: Path) -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / "snakemake"), "-n", "--config", "preset=smok"],
+                            cwd=checkout, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown preset; known: full, smoke" in result.stdout + result.stderr
+
+
+def _dvc_stages(checkout: Path) -> dict[str, object]:
+    from dvc.repo import Repo
+    with contextlib.chdir(checkout), Repo(str(checkout)) as repo:  # stage addresses are relative to the cwd
+        return {stage.addressing: stage for stage in repo.index.stages}
+
+
+def _params(stage: object) -> dict[str, list[str]]:
+    return {dep.def_path: list(dep.params) for dep in stage.deps if type(dep).__name__ == "ParamsDependency"}
+
+
+def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
+    stages = _dvc_stages(checkout)
+    full = {name: s for name, s in stages.items() if not name.startswith("smoke/")}
+    counts = Counter(name.split("@")[0] for name in full)
+    assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "init_tracking": 1,
+                      "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
+    for name, stage in full.items():
+        if name.startswith(("train_cell@", "evaluate_cell@")):
+            dataset, backbone, stride = name.split("@")[1].split("-")
+            cell = f"{dataset}-{backbone}-os{stride}"
+            assert cell in PARAMS.cells and f"--cell {cell} --preset full" in stage.cmd
+            dataset_keys = _params(stage)["params/datasets.yaml"]
+            assert all(key.split(".")[0] == dataset for key in dataset_keys), (name, dataset_keys)
+        if name.startswith("train_cell@"):
+            assert _params(stage)["params/cells.yaml"] == [f"cells.{cell}.gpus"]
+            assert {o.def_path for o in stage.outs} >= {f"results/{cell}/model.pt", f"results/{cell}/train_log.csv"}
+            log = next(o for o in stage.outs if o.def_path.endswith("train_log.csv"))
+            assert log.plot and log.persist and not log.use_cache  # kept for a resumed run, in git
+        if name.startswith("evaluate_cell@"):
+            (metrics,) = stage.outs
+            assert metrics.def_path == f"results/{cell}/metrics.json" and metrics.metric
+    assert len([d for d in full["make_table"].deps if d.def_path.endswith("metrics.json")]) == 12
+    for stage in stages.values():  # every code dependency exists; a renamed module must be renamed here too
+        for dep in stage.deps:
+            if dep.def_path.endswith(".py"):
+                assert (checkout / dep.def_path).is_file(), f"{stage.addressing}: missing {dep.def_path}"
+        for key_list in _params(stage):
+            assert not key_list.startswith("./"), stage.addressing  # ./ makes DVC see a change forever
+
+
+def test_dvc_smoke_pipeline_is_the_full_one_on_the_smoke_folders(checkout: Path) -> None:
+    """smoke/dvc.yaml: the full stages minus ImageNet weights and the official-count check."""
+    stages = _dvc_stages(checkout)
+    smoke = {name.removeprefix("smoke/dvc.yaml:"): s for name, s in stages.items() if name.startswith("smoke/")}
+    full = {name: s for name, s in stages.items() if not name.startswith("smoke/")}
+    assert set(smoke) == {name for name in full if not name.startswith("download_weights@")}
+    preset = PARAMS.preset("smoke")
+
+    def as_smoke(text: str) -> str:
+        text = re.sub(r"\bpresets\.full\b", "presets.smoke", text.replace(" --expect-official-counts", ""))
+        text = re.sub(r"(?<![\w/])results/", f"{preset.results_dir}/",
+                      re.sub(r"(?<![\w/])data/", f"{preset.data_dir}/", text))
+        return text.replace("--preset full", "--preset smoke")
+
+    for name, stage in smoke.items():
+        assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
+        assert stage.cmd == as_smoke(full[name].cmd), name
+        expected_deps = [as_smoke(d.def_path) for d in full[name].deps if "ParamsDependency" not in type(d).__name__
+                         and "/weights/" not in d.def_path]
+        assert [d.def_path for d in stage.deps if type(d).__name__ != "ParamsDependency"] == expected_deps, name
+        expected_params = {f: [as_smoke(k) for k in keys] for f, keys in _params(full[name]).items()
+                           if not name.startswith("prepare_dataset@")}
+        assert _params(stage) == expected_params, name
+        assert [o.def_path for o in stage.outs] == [as_smoke(o.def_path) for o in full[name].outs], name
+
+
+def test_dvc_preset_folders_match_params(checkout: Path) -> None:
+    import yaml
+    for path, name in ((checkout / "dvc.yaml", "full"), (checkout / "smoke" / "dvc.yaml", "smoke")):
+        (variables,) = yaml.safe_load(path.read_text())["vars"]
+        preset = PARAMS.preset(name)
+        assert variables == {"preset": name, "data": preset.data_dir, "results": preset.results_dir}, path
+
+
+# --- GPU slots ---------------------------------------------------------------------------------------------
+
+HOLD = """
+import os, sys, time
+start = time.monotonic()
+time.sleep(float(sys.argv[2]))
+with open(sys.argv[1], "a") as f:
+    f.write(f"{os.environ['CUDA_VISIBLE_DEVICES']} {start} {time.monotonic()}\\n")
+"""
+
+
+def _slot_job(lock_dir: Path, record: Path, gpus: int, hold_s: float) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DEEPLAB_GPUS": "0,1,2", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pipeline.gpu_slot", "--gpus", str(gpus), "--lock-dir", str(lock_dir),
+               "--poll", "0.02", "--", sys.executable, "-c", HOLD, str(record), str(hold_s)]
+    return subprocess.Popen(command, cwd=ROOT, env=env)
+
+
+def test_concurrent_jobs_never_share_a_gpu(tmp_path: Path) -> None:
+    """Ten jobs asking for 1 or 2 of 3 GPUs at once: no GPU ever serves two jobs at the same moment."""
+    record = tmp_path / "record.txt"
+    jobs = [_slot_job(tmp_path / "locks", record, gpus=1 + (i % 3 == 0), hold_s=0.3) for i in range(10)]
+    assert all(job.wait(timeout=120) == 0 for job in jobs)
+    held = [(line.split()[0].split(","), float(line.split()[1]), float(line.split()[2]))
+            for line in record.read_text().splitlines()]
+    assert len(held) == 10 and sorted(len(ids) for ids, _, _ in held) == [1] * 6 + [2] * 4
+    for i, (ids_a, start_a, end_a) in enumerate(held):
+        assert set(ids_a) <= {"0", "1", "2"} and len(set(ids_a)) == len(ids_a)
+        for ids_b, start_b, end_b in held[i + 1:]:
+            if set(ids_a) & set(ids_b):
+                assert end_a <= start_b or end_b <= start_a, (ids_a, ids_b)
+
+
+def test_a_killed_job_frees_its_gpu(tmp_path: Path) -> None:
+    env = {**os.environ, "DEEPLAB_GPUS": "0", "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen([sys.executable, "-m", "pipeline.gpu_slot", "--gpus", "1", "--lock-dir",
+                               str(tmp_path), "--", "sleep", "60"], cwd=ROOT, env=env)
+    try:
+        slot, deadline = tmp_path / "gpu-0.lock", time.monotonic() + 30
+        while not (slot.exists() and "sleep 60" in slot.read_text(errors="ignore")):  # the owner note
+            assert time.monotonic() < deadline, "the holder never took its slot"
+            time.sleep(0.05)
+        with pytest.raises(TimeoutError, match="no 1 free GPU slots"):
+            acquire(1, ["0"], tmp_path, poll_s=0.05, timeout_s=0.3)
+        holder.send_signal(signal.SIGKILL)  # the exec'd command itself, holding the lock
+        holder.wait(timeout=30)
+        with acquire(1, ["0"], tmp_path, poll_s=0.05, timeout_s=10) as slots:
+            assert slots.ids == ["0"]
+    finally:
+        holder.kill()
+
+
+def test_without_gpus_or_inside_slurm_the_command_runs_as_is(tmp_path: Path) -> None:
+    show = [sys.executable, "-m", "pipeline.gpu_slot", "--gpus", "1", "--lock-dir", str(tmp_path), "--",
+            sys.executable, "-c", "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"]
+    base = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "DEEPLAB_GPUS")}
+    cpu = subprocess.run(show, cwd=ROOT, env={**base, "DEEPLAB_GPUS": ""}, capture_output=True, text=True)
+    slurm = subprocess.run(show, cwd=ROOT, env={**base, "SLURM_JOB_ID": "1", "CUDA_VISIBLE_DEVICES": "5"},
+                           capture_output=True, text=True)
+    assert cpu.stdout.strip() == "unset" and slurm.stdout.strip() == "5"
+    assert gpu_pool({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"] and gpu_pool({"DEEPLAB_GPUS": "-1"}) == []
+
+
+def test_a_job_asking_for_more_gpus_than_the_host_has_says_what_to_change(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "pipeline.gpu_slot", "--gpus", "4", "--lock-dir",
+                             str(tmp_path), "--", "true"], cwd=ROOT, capture_output=True, text=True,
+                            env={**os.environ, "DEEPLAB_GPUS": "0,1"})
+    assert result.returncode == 1 and "asks for 4 GPUs but this host offers 2" in result.stderr
+    assert "params/cells.yaml" in result.stderr
+
+
+def test_several_gpus_run_under_torchrun() -> None:
+    from deeplab.gpus import module_command
+    assert module_command("pipeline.train", ["--cell", "c"], 1, "py") == ["py", "-m", "pipeline.train", "--cell", "c"]
+    assert module_command("pipeline.train", ["--cell", "c"], 4, "py") == [
+        "py", "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=4", "-m", "pipeline.train", "--cell", "c"]
+
+
+# --- README tables ------------------------------------------------------------------------------------------
+
+def test_readme_and_results_table_are_up_to_date() -> None:
+    """CI's staleness check: README.md's block and results/table.md match params and metrics."""
+    result = subprocess.run([sys.executable, "-m", "pipeline.table", "--preset", "full", "--check"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_table_check_fails_on_a_stale_readme(checkout: Path, tmp_path: Path) -> None:
+    readme = checkout / "README.md"
+    original = readme.read_text()
+    try:
+        readme.write_text(original.replace("77.43%", "77.44%", 1))
+        result = subprocess.run([sys.executable, "-m", "pipeline.table", "--check"], cwd=checkout,
+                                capture_output=True, text=True)
+        assert result.returncode == 1 and "out of date: README.md" in result.stderr
+        assert "python -m pipeline.table --preset full" in result.stderr
+    finally:
+        readme.write_text(original)
