@@ -267,3 +267,19 @@ def _painted_ids(dataset: str, out: Path, label_rel: str, label: np.ndarray) -> 
     if dataset == "ade20k":
         return np.where(label == 255, 0, label.astype(np.int64) + 1)
     return label.astype(np.int64)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (64, 128), (375, 500)])
+def test_label_png_writer_round_trips_through_pil_and_torchvision(shape: tuple[int, int]) -> None:
+    from torchvision.io import ImageReadMode, decode_image
+    import torch
+    from deeplab.data.convert import encode_png
+    label = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    label[: shape[0] // 2] = 7  # runs, as in real label maps
+    data = encode_png(label)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "L"
+        np.testing.assert_array_equal(np.asarray(image), label)
+    decoded = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
+    assert decoded.shape == (1, *shape)
+    np.testing.assert_array_equal(decoded[0].numpy(), label)

@@ -7,6 +7,8 @@ so all violations are reported together.
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import scipy.io
 from PIL import Image
 
 from deeplab.data.labels import IGNORE_INDEX, ade20k_lut, cityscapes_label_to_train_lut
+
+
+INVALID = 254  # marks raw values outside a dataset's encoding; every dataset has < 254 classes
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,9 @@ class Result:
     grayscale: bool      # the image is not RGB (ADE20k has some): readers must convert it
 
 
-def _tables() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """kind -> (valid raw values as a (256,) bool mask, (256,) uint8 look-up table raw -> class index)."""
+def _tables() -> dict[str, tuple[np.ndarray, list[int]]]:
+    """kind -> (valid raw values as a (256,) bool mask, look-up list raw -> class index, INVALID for
+    values the encoding does not define)."""
     identity = np.arange(256, dtype=np.uint8)
     voc_valid = np.zeros(256, bool)
     voc_valid[:21] = voc_valid[IGNORE_INDEX] = True
@@ -43,11 +49,12 @@ def _tables() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     from cityscapesscripts.helpers.labels import labels
     city_valid = np.zeros(256, bool)
     city_valid[[l.id for l in labels if 0 <= l.id < 256]] = True
-    return {"voc": (voc_valid, identity), "sbd": (sbd_valid, identity),
-            "ade20k": (ade_valid, ade20k_lut()), "cityscapes": (city_valid, cityscapes_label_to_train_lut())}
+    tables = {"voc": (voc_valid, identity), "sbd": (sbd_valid, identity),
+              "ade20k": (ade_valid, ade20k_lut()), "cityscapes": (city_valid, cityscapes_label_to_train_lut())}
+    return {kind: (valid, np.where(valid, lut, INVALID).tolist()) for kind, (valid, lut) in tables.items()}
 
 
-_TABLES: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_TABLES: dict[str, tuple[np.ndarray, list[int]]] = {}
 
 
 def convert(job: Job) -> Result:
@@ -57,40 +64,61 @@ def convert(job: Job) -> Result:
     valid, lut = _TABLES[job.kind]
     try:
         raw = read_raw(job.kind, job.source)
-        with Image.open(job.image) as image:
+        with Image.open(job.image) as image:  # header only: size and mode, no pixel decoding
             size, grayscale = image.size, image.mode != "RGB"
     except (OSError, ValueError, KeyError, IndexError) as err:
         return Result(f"{job.source}: cannot read ({err})", False)
-    if raw.shape != (size[1], size[0]):
-        return Result(f"{job.source}: label is {raw.shape[1]}x{raw.shape[0]} but image {job.image} is "
+    if raw.size != size:
+        return Result(f"{job.source}: label is {raw.size[0]}x{raw.size[1]} but image {job.image} is "
                       f"{size[0]}x{size[1]} (width x height)", grayscale)
-    histogram = np.bincount(raw.ravel(), minlength=256)
-    bad = np.flatnonzero((histogram > 0) & ~valid)
-    if bad.size:
+    # invalid raw values map to INVALID, which no dataset uses as a class: one C pass maps and marks,
+    # and a memchr over the result finds any mark (3x cheaper than a histogram of every label)
+    mapped = raw.point(lut).tobytes()
+    if mapped.find(INVALID.to_bytes(1, "big")) >= 0:
+        bad = np.flatnonzero((np.asarray(raw.histogram()) > 0) & ~valid)
         return Result(f"{job.source}: values {bad.tolist()} are not valid {job.kind} labels "
                       f"(allowed: {_describe(valid)})", grayscale)
-    write_png(lut[raw], job.target)
+    write_png(np.frombuffer(mapped, np.uint8).reshape(size[1], size[0]), job.target)
     return Result(None, grayscale)
 
 
-def read_raw(kind: str, path: Path) -> np.ndarray:
-    """(H, W) uint8 label as shipped: raw palette indices (never colours) or the SBD class map."""
+def read_raw(kind: str, path: Path) -> Image.Image:
+    """The label as shipped, as an 'L' image of raw values: palette indices (never colours) or the SBD
+    class map."""
     if kind == "sbd":
         segmentation = scipy.io.loadmat(path)["GTcls"][0]["Segmentation"][0]
         if segmentation.ndim != 2 or segmentation.max(initial=0) > 255 or segmentation.min(initial=0) < 0:
             raise ValueError(f"GTcls.Segmentation has shape {segmentation.shape}, expected a 2-D class map")
-        return segmentation.astype(np.uint8)
-    with Image.open(path) as image:
-        if image.mode not in ("P", "L"):
-            raise ValueError(f"mode {image.mode}, expected a single-channel ('P' or 'L') PNG")
-        return np.asarray(image)  # a 'P' image gives its indices here, not colours
+        return Image.fromarray(np.ascontiguousarray(segmentation, np.uint8))
+    image = Image.open(path)
+    if image.mode == "P":  # reinterpret the indices as grey values; .convert() would map colours
+        return Image.frombytes("L", image.size, image.tobytes())
+    if image.mode != "L":
+        raise ValueError(f"mode {image.mode}, expected a single-channel ('P' or 'L') PNG")
+    image.load()
+    return image
+
+
+def encode_png(label: np.ndarray, level: int = 1) -> bytes:
+    """(H, W) uint8 as a greyscale PNG. Every row uses filter 'None' and zlib level 1: for label maps
+    (long runs of one value) this compresses about as well as PIL's adaptive filters at 3-4x the speed."""
+    height, width = label.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # a leading 0 per row: filter type None
+    rows[:, 1:] = label
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale, no interlace
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows, level)) \
+        + _chunk(b"IEND", b"")
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def write_png(label: np.ndarray, target: Path) -> None:
     """Single-channel uint8 PNG through a temp name (a killed worker never leaves a truncated label)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    Image.fromarray(np.ascontiguousarray(label, np.uint8)).save(tmp, format="PNG", compress_level=1)  # level 1: 3x faster, ~same size
+    tmp.write_bytes(encode_png(label))
     os.replace(tmp, target)
 
 
