@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from deeplab.config import BACKBONES, DATASETS, load_params
+from deeplab.config import BACKBONES, DATASETS, ParamsError, load_params
 from deeplab.data.cityscapes_login import CityscapesLoginError, read_credentials
 from deeplab.data.download import download_dataset, download_weights, write_synthetic
 from deeplab.data.fetch import DownloadError, write_manifest
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest = fetch_weights(args.weights, args.preset, args.params, args.source)
     except KeyError as err:  # unknown preset: the message lists the known ones
         print(f"error: {err.args[0]}", file=sys.stderr)
+        return 2
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except (DownloadError, CityscapesLoginError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -8,7 +8,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from deeplab.config import DATASETS, load_params
+from deeplab.config import DATASETS, ParamsError, load_params
 from deeplab.data.extract import UnsafeArchiveError
 from deeplab.data.layouts import LayoutError
 from deeplab.data.prepare import PrepareError, prepare
@@ -29,8 +29,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    expected = load_params(args.params).datasets[args.dataset].expected_counts \
-        if args.expect_official_counts else None
+    try:
+        expected = load_params(args.params).datasets[args.dataset].expected_counts \
+            if args.expect_official_counts else None
+    except ParamsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         meta = prepare(args.dataset, args.raw, args.out, expected_counts=expected, workers=args.workers)
     except (PrepareError, LayoutError, UnsafeArchiveError) as err:
