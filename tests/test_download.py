@@ -179,7 +179,8 @@ def test_cityscapes_html_instead_of_archive_is_refused(city, tmp_path: Path, mon
     """A session the server does not honour (the real site then sends its login page) never leaves an
     HTML file under an archive's name."""
     server, state = city
-    monkeypatch.setattr(download_mod, "package_md5", lambda *a, **k: "0" * 32)  # skip the early check
+    published = {1: hashlib.md5(state.packages[1]).hexdigest()}
+    monkeypatch.setattr(download_mod, "package_md5", lambda _s, _u, package, _t: published[package])
     from deeplab.data import cityscapes_login
     real_login = cityscapes_login.login
 
@@ -207,6 +208,15 @@ def test_cityscapes_md5_page_check_catches_a_lost_session(city, tmp_path: Path, 
     with pytest.raises(CityscapesLoginError, match="instead of an md5"):
         download_dataset("cityscapes", tmp_path, credentials=Credentials("alice", "s3cret-pw", "env"),
                          cityscapes_server=server, options=FAST)
+
+
+def test_cityscapes_changed_upstream_package_is_refused_before_download(city, tmp_path, monkeypatch) -> None:
+    server, state = city
+    state.packages[1] = b"PK\x03\x04 a newer release"
+    with pytest.raises(DownloadError, match="publishes md5 .* but the catalogue expects"):
+        download_dataset("cityscapes", tmp_path, credentials=Credentials("alice", "s3cret-pw", "env"),
+                         cityscapes_server=server, options=FAST)
+    assert not any(path.startswith("/file-handling/") for _, path in state.requests)
 
 
 def test_cityscapes_archives_placed_by_hand_need_no_login(city, city_archives, tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from typing import Any
 
 from deeplab.data import synthetic
 from deeplab.data.cityscapes_login import Credentials, login, package_md5, package_url
-from deeplab.data.fetch import DownloadError, FetchOptions, checksum_problem, fetch, file_digests, source_urls
+from deeplab.data.fetch import (DownloadError, FetchOptions, checksum_problem, fetch, file_digests,
+                                 public_source, source_urls)
 from deeplab.data.sources import ARCHIVES, CITYSCAPES_SERVER, IMAGENET_WEIGHTS, ArchiveSpec
 
 CITYSCAPES_DOWNLOADS = "https://www.cityscapes-dataset.com/downloads/"
@@ -39,7 +40,11 @@ def download_dataset(dataset: str, raw_dir: Path, *, source: str | None = None,
             raise DownloadError(_no_credentials_message(raw_dir, credentials_file))
         if session is None:  # log in once, lazily: a user who placed every archive never needs it
             session = login(cityscapes_server, credentials, options.timeout_s)
-        package_md5(session, cityscapes_server, spec.cityscapes_package, options.timeout_s)
+        published = package_md5(session, cityscapes_server, spec.cityscapes_package, options.timeout_s)
+        if spec.md5 and published != spec.md5:  # say so before an 11 GB transfer, not after it
+            raise DownloadError(f"the Cityscapes server publishes md5 {published} for {spec.filename} (package "
+                                f"{spec.cityscapes_package}) but the catalogue expects {spec.md5}: the package "
+                                "changed upstream; check it and update deeplab/data/sources.py")
         url = package_url(cityscapes_server, spec.cityscapes_package)
         path, sha256 = fetch(spec, raw_dir, [url], options, opener=session)
         entries[spec.filename] = _entry(path, sha256, url)
@@ -91,9 +96,4 @@ def _no_credentials_message(raw_dir: Path, credentials_file: Path | None) -> str
 
 
 def _entry(path: Path, sha256: str, source: str) -> dict[str, Any]:
-    return {"sha256": sha256, "size": path.stat().st_size, "source": _strip_secrets(source)}
-
-
-def _strip_secrets(source: str) -> str:
-    from deeplab.data.fetch import _public  # one definition of what a message may show
-    return _public(source)
+    return {"sha256": sha256, "size": path.stat().st_size, "source": public_source(source)}

@@ -99,7 +99,7 @@ def fetch(spec: ArchiveSpec, dest_dir: Path, sources: list[str], options: FetchO
             try:
                 _fetch_one(spec, source, part, options, opener)
             except (OSError, http.client.HTTPException, DownloadError) as err:
-                failures.append(f"  {_public(source)}: {err}")
+                failures.append(f"  {public_source(source)}: {err}")
                 break
             problem, sha256 = checksum_problem(spec, part)
             if problem is None:
@@ -108,7 +108,7 @@ def fetch(spec: ArchiveSpec, dest_dir: Path, sources: list[str], options: FetchO
             problem += _html_hint(part)
             part.unlink()  # never resume onto bytes that are known to be wrong
             if fresh_start:
-                failures.append(f"  {_public(source)}: checksum mismatch for {spec.filename}: {problem}")
+                failures.append(f"  {public_source(source)}: checksum mismatch for {spec.filename}: {problem}")
     if not sources:
         failures.append("  (no source configured)")
     kind = ChecksumError if failures and all("checksum mismatch" in f for f in failures) else DownloadError
@@ -137,7 +137,7 @@ def _fetch_one(spec: ArchiveSpec, source: str, part: Path, options: FetchOptions
             last = err
         if attempt + 1 < options.retries:
             wait = options.backoff_s * 2 ** attempt
-            _say(options, f"{spec.filename}: {last!r} from {_public(source)}; retrying in {wait:.0f} s")
+            _say(options, f"{spec.filename}: {last!r} from {public_source(source)}; retrying in {wait:.0f} s")
             time.sleep(wait)
     raise DownloadError(f"gave up after {options.retries} attempts, last error {last!r}")
 
@@ -160,6 +160,9 @@ def _stream(url: str, part: Path, spec: ArchiveSpec, options: FetchOptions,
         raise
     with response:
         resumed = have and response.status == 206
+        if resumed and not response.headers.get("Content-Range", f"bytes {have}-").startswith(f"bytes {have}-"):
+            part.unlink()  # the server sent another piece than asked: start clean rather than splice
+            raise DownloadError(f"asked for bytes {have}- but got {response.headers['Content-Range']}")
         if have and not resumed:
             _say(options, f"{spec.filename}: server ignored the Range request, starting over")
         length = response.headers.get("Content-Length")
@@ -230,7 +233,7 @@ def _html_hint(path: Path) -> str:
     return ""
 
 
-def _public(source: str) -> str:
+def public_source(source: str) -> str:
     """A source without any user:password@ part, for messages."""
     parts = urllib.parse.urlsplit(source)
     if parts.password or parts.username:
