@@ -123,3 +123,12 @@ def test_prepare_names_missing_archives(tmp_path: Path) -> None:
     with pytest.raises(PrepareError, match="benchmark.tgz.*pipeline.download --dataset voc"):
         (tmp_path / "VOCtrainval_11-May-2012.tar").write_bytes(b"")
         prepare("voc", tmp_path, tmp_path / "out")
+
+
+def test_prepare_refuses_an_output_folder_holding_the_archives(tmp_path: Path) -> None:
+    (tmp_path / "raw").mkdir()
+    for name in ("VOCtrainval_11-May-2012.tar", "benchmark.tgz"):
+        (tmp_path / "raw" / name).write_bytes(b"archive")
+    with pytest.raises(PrepareError, match="output folder of its own"):
+        prepare("voc", tmp_path / "raw", tmp_path)
+    assert (tmp_path / "raw" / "benchmark.tgz").exists()

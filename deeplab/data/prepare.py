@@ -48,6 +48,9 @@ def prepare(dataset: str, raw: Path, out: Path, *, expected_counts: Mapping[str,
     layout = LAYOUTS[dataset]
     archives = _find_archives(dataset, layout, raw)
     out = out.absolute()
+    if raw.resolve() == out.resolve() or out.resolve() in raw.resolve().parents:
+        raise PrepareError(f"the archives ({raw}) lie inside the output folder ({out}), which is replaced "
+                           "as a whole: give prepare an output folder of its own")
     _remove_leftovers(out)
     build = out.parent / f".{out.name}.build-{os.getpid()}"
     try:

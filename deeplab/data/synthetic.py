@@ -333,8 +333,8 @@ def cityscapes_polygons(rng: np.random.Generator, h: int, w: int, detail: int = 
     objects = [box("sky", 0, 0, 1, horizon), box("ground", 0, horizon, 1, 1)]
     objects += [box(rng.choice(["building", "vegetation"]), x, rng.uniform(0.1, 0.3), x + 0.2, horizon)
                 for x in np.arange(0, 1, 0.2) if rng.random() < 0.8]
-    objects.append({"label": "road", "polygon": [[int(0.35 * w), int(horizon * h)], [int(0.65 * w), int(horizon * h)],
-                                                 [w, h], [0, h]]})
+    top = int(horizon * h)
+    objects.append({"label": "road", "polygon": [[int(0.35 * w), top], [int(0.65 * w), top], [w, h], [0, h]]})
     objects.append(box("sidewalk", 0, 0.85, 0.2, 1))
     for label in rng.choice(["car", "person", "pole", "traffic sign", "static"], size=3):
         x, y = rng.uniform(0.05, 0.8), rng.uniform(horizon - 0.1, 0.8)
@@ -374,4 +374,5 @@ def cityscapes_sample(rng: np.random.Generator, h: int, w: int, dummy: bool = Fa
     colour.save(buffer, format="PNG")
     return [("leftImg8bit.png", encode(image, "PNG")), ("polygons.json", json.dumps(polygons, indent=1).encode()),
             ("labelIds.png", encode(ids, "PNG")), ("color.png", buffer.getvalue()),
-            ("instanceIds.png", encode(ids.astype(np.uint16) * 1, "PNG"))]
+            ("instanceIds.png", encode(ids.astype(np.uint16), "PNG"))]  # 16-bit; a plain labelId is
+    # what the real files hold for regions without separate instances (groups, stuff classes)
