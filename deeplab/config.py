@@ -121,6 +121,8 @@ class TrainSettings:
                     "max_micro_batch"):
             if getattr(self, key) < 0:
                 problems[key] = "must not be negative"
+        if self.max_micro_batch == 1:  # a 1x1 pooled map of one image has no batch statistics
+            problems["max_micro_batch"] = "must be 0 or at least 2: BatchNorm after ASPP's image pooling needs 2 images"
         for key in ("checkpoint_every", "log_every", "reference_replicas"):
             if getattr(self, key) <= 0:
                 problems[key] = "must be positive"

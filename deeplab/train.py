@@ -25,13 +25,13 @@ from torch.utils.data import DataLoader
 from deeplab.checkpoint import LAST, FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
 from deeplab.config import CellConfig
 from deeplab.datasets import GlobalBatchSampler, TrainDataset
-from deeplab.distributed import Context, any_rank, barrier
+from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.losses import criterion
 from deeplab.model import convert_sync_batchnorm, deeplabv3plus
 from deeplab.schedule import build_optimizer, build_scheduler
 from deeplab.transforms import normalize, photometric_distortion, sample_seed
 
-LOG_FIELDS = ("iteration", "loss", "main_loss", "aux_loss", "lr", "images_per_s", "peak_memory_mb")
+LOG_FIELDS = ("iteration", "loss", "main_loss", "aux_loss", "lr", "images", "images_per_s", "peak_memory_mb")
 DROPOUT_SLOT = 1 << 20  # sample_seed slot of the per-iteration dropout seed, apart from the sample slots
 
 
@@ -229,13 +229,15 @@ class Window:
     sums: torch.Tensor = None  # type: ignore[assignment]
     first_bad: torch.Tensor = None  # type: ignore[assignment]
     count: int = 0
+    images: int = 0  # images this rank trained on in the window (known on the host, no sync)
     started: float = field(default_factory=time.perf_counter)
 
     def __post_init__(self) -> None:
         self.sums = torch.zeros(3, device=self.device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=self.device)
 
-    def add(self, losses: torch.Tensor, iteration: int) -> None:
+    def add(self, losses: torch.Tensor, iteration: int, images: int) -> None:
+        self.images += images
         bad = ~torch.isfinite(losses[0])
         self.first_bad = torch.where(bad & (self.first_bad < 0), iteration, self.first_bad)
         self.sums += losses
@@ -262,9 +264,10 @@ def log_window(window: Window, state: State, cfg: CellConfig, ctx: Context, log:
     """Write one train_log.csv row (averaged over the window) and mirror it to the tracker."""
     elapsed = time.perf_counter() - window.started
     sums = (window.sums / max(window.count, 1)).tolist()  # the one host sync of the window
+    images = int(sum_tensor(ctx, torch.tensor([window.images], device=ctx.device)).item())  # all ranks' images
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else 0.0
     row = {"iteration": state.iteration, "loss": sums[0], "main_loss": sums[1], "aux_loss": sums[2],
-           "lr": state.optimizer.param_groups[0]["lr"], "images_per_s": window.count * cfg.data.batch_size / elapsed,
+           "lr": state.optimizer.param_groups[0]["lr"], "images": images, "images_per_s": images / elapsed,
            "peak_memory_mb": peak}
     log.append(row)
     on_metrics({k: v for k, v in row.items() if k != "iteration"}, state.iteration)
@@ -295,7 +298,7 @@ def run_iterations(state: State, loader: DataLoader, cfg: CellConfig, ctx: Conte
             torch.manual_seed(sample_seed(t.seed, state.iteration, DROPOUT_SLOT + ctx.rank))  # dropout masks
             micro = [next(batches) for _ in range(accumulation)]
             window.add(train_iteration(state.model, micro, state.optimizer, state.scaler, cfg, ctx.device, dtype),
-                       state.iteration)
+                       state.iteration, sum(len(m["label"]) for m in micro))
             state.iteration += 1
             at_log = state.iteration % t.log_every == 0 or state.iteration == max_iters
             at_checkpoint = state.iteration % t.checkpoint_every == 0

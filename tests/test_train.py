@@ -1,0 +1,161 @@
+"""Training stage: a few iterations per output stride, bit-exact kill-and-resume, the folder lock,
+refusal of a checkpoint from another config, the NaN stop, gradient accumulation, learning."""
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import pipeline.train
+from deeplab.checkpoint import FolderLock
+from deeplab.config import load_params
+from deeplab.schedule import build_optimizer, build_scheduler
+from deeplab.train import State, build_model, save_checkpoint
+from tests.train_fixtures import PYTHON, ROOT, project, run_stage, shrink_params, write_prepared  # noqa: F401
+
+CELL = "voc-r50-os16"  # the cheaper stride for the tests that are not about the stride
+
+
+def log_rows(cell_dir: Path) -> list[dict[str, str]]:
+    with (cell_dir / "train_log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("cell", ["voc-r50-os8", "voc-r50-os16"])
+def test_a_few_iterations_per_output_stride(project: Path, monkeypatch: pytest.MonkeyPatch, cell: str) -> None:
+    if cell.endswith("os8"):  # same 2x2 layer4 map as OS16 at 32 px, at a quarter of the cost
+        shrink_params(project / "params", crop=16)
+    monkeypatch.chdir(project)
+    assert pipeline.train.main(["--cell", cell, "--preset", "smoke", "--params", "params"]) == 0
+    cell_dir = project / "results" / "smoke" / cell
+    rows = log_rows(cell_dir)
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]  # epochs 1 x floor(8 / 2)
+    assert all(int(r["images"]) == 2 for r in rows) and float(rows[0]["lr"]) == 0.01
+    assert float(rows[-1]["lr"]) < float(rows[0]["lr"])
+    saved = torch.load(cell_dir / "model.pt", weights_only=False)
+    assert saved["iteration"] == 4 and saved["cell"] == cell
+    assert yaml.safe_load((cell_dir / "config.yaml").read_text())["cell"]["id"] == cell
+    assert not (cell_dir / "checkpoints" / "last.pt").exists()  # superseded by model.pt
+
+
+def test_kill_and_resume_is_bit_identical(tmp_path: Path, params_dir: Path) -> None:
+    """SIGKILL mid-run, restart, SIGTERM, restart: the final weights equal an uninterrupted run's."""
+    shrink_params(params_dir, train={"checkpoint_every": 2}, dataset={"epochs": 2})  # 2 x 3 iterations
+    roots = []
+    for name in ("straight", "interrupted"):
+        root = tmp_path / name
+        (root / "params").parent.mkdir(parents=True, exist_ok=True)
+        (root / "params").symlink_to(params_dir)
+        write_prepared(root / "data" / "smoke" / "prepared" / "voc", n_train=6, grayscale_every=3)
+        roots.append(root)
+    run_stage("train", "--cell", CELL, "--preset", "smoke", cwd=roots[0])
+    cell_dir = roots[1] / "results" / "smoke" / CELL
+    for signum in (signal.SIGKILL, signal.SIGTERM):
+        process = start_train(roots[1])
+        wait_for_progress(cell_dir, process)
+        process.send_signal(signum)
+        code = process.wait(timeout=120)
+        assert not (cell_dir / "model.pt").exists(), "the run ended before it could be interrupted"
+        assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signal.SIGTERM), process.stderr.read()
+    run_stage("train", "--cell", CELL, "--preset", "smoke", cwd=roots[1])
+    straight = torch.load(roots[0] / "results" / "smoke" / CELL / "model.pt", weights_only=False)["state_dict"]
+    resumed = torch.load(cell_dir / "model.pt", weights_only=False)["state_dict"]
+    assert straight.keys() == resumed.keys()
+    assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
+    assert [int(r["iteration"]) for r in log_rows(cell_dir)] == list(range(1, 7))
+
+
+def start_train(root: Path) -> subprocess.Popen:
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    import os
+    return subprocess.Popen([PYTHON, "-m", "pipeline.train", "--cell", CELL, "--preset", "smoke"], cwd=root,
+                            env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_progress(cell_dir: Path, process: subprocess.Popen) -> None:
+    """Until this process wrote a checkpoint (every 2 iterations) and logged an odd iteration after it,
+    i.e. it is mid-way between two checkpoints."""
+    deadline, started = time.time() + 180, time.time()
+    checkpoint = cell_dir / "checkpoints" / "last.pt"
+    while time.time() < deadline and process.poll() is None:
+        if checkpoint.is_file() and checkpoint.stat().st_mtime > started and (cell_dir / "train_log.csv").is_file():
+            rows = log_rows(cell_dir)
+            if rows and int(rows[-1]["iteration"]) % 2 == 1:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"no progress seen; exit {process.poll()}: {process.stderr.read() if process.poll() else ''}")
+
+
+def test_second_copy_refuses_to_run(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(project)
+    with FolderLock(project / "results" / "smoke" / CELL / "checkpoints"):
+        assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 2
+    assert "another training process" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_config_is_refused(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve(CELL, "smoke")
+    model = build_model(cfg, torch.device("cpu"))
+    optimizer = build_optimizer(model, cfg.train)
+    state = State(model, optimizer, build_scheduler(optimizer, 4, cfg.train), torch.amp.GradScaler("cpu", enabled=False), 2)
+    save_checkpoint(state, cfg, project / "results" / "smoke" / CELL / "checkpoints" / "last.pt")
+    doc = yaml.safe_load((project / "params" / "train.yaml").read_text())
+    doc["train"]["lr"] = 0.02
+    (project / "params" / "train.yaml").write_text(yaml.safe_dump(doc))
+    assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "different resolved config" in err and "train.lr: 0.01 -> 0.02" in err
+
+
+def test_nan_loss_stops_naming_iteration_and_checkpoint(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(project)
+    from deeplab import train as engine
+    real, calls = engine.criterion, []
+
+    def poisoned(outputs, labels, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        calls.append(1)
+        losses = real(outputs, labels, **kwargs)
+        return {k: v * float("nan") for k, v in losses.items()} if len(calls) >= 3 else losses
+    monkeypatch.setattr(engine, "criterion", poisoned)
+    assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 1
+    err = capsys.readouterr().err
+    assert "NaN/inf at iteration 3" in err and "last.pt (iteration 2)" in err
+    assert not (project / "results" / "smoke" / CELL / "model.pt").exists()
+
+
+def test_gradient_accumulation_keeps_the_global_batch(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shrink_params(project / "params", batch=4, train={"max_micro_batch": 2})
+    monkeypatch.chdir(project)
+    from deeplab import train as engine
+    sizes: list[list[int]] = []
+    real = engine.train_iteration
+    monkeypatch.setattr(engine, "train_iteration",
+                        lambda model, micro, *a, **k: sizes.append([len(m["label"]) for m in micro]) or real(model, micro, *a, **k))
+    assert pipeline.train.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
+    assert sizes == [[2, 2]] * 2
+    assert [int(r["images"]) for r in log_rows(project / "results" / "smoke" / "voc-r50-os16")] == [4, 4]
+
+
+def test_learns_synthetic_data(tmp_path: Path, params_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A short run on class-coloured shapes beats chance (1/5 accuracy, ~10% mIoU) by a wide margin."""
+    shrink_params(params_dir, batch=4, epochs=12, train={"checkpoint_every": 1000, "log_every": 10,
+                                                         "deterministic": False, "lr": 0.05, "min_lr": 0.0})
+    write_prepared(tmp_path / "data" / "smoke" / "prepared" / "voc", n_train=16, n_val=4)
+    (tmp_path / "params").symlink_to(params_dir)
+    monkeypatch.chdir(tmp_path)
+    assert pipeline.train.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
+    import pipeline.evaluate
+    assert pipeline.evaluate.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
+    import json
+    metrics = json.loads((tmp_path / "results" / "smoke" / "voc-r50-os16" / "metrics.json").read_text())
+    assert metrics["mIoU"] > 45, metrics

@@ -1,0 +1,114 @@
+"""The joint transforms and the training order: labels nearest-only, padding, the single-class crop
+rule, photometric maths, and determinism as a pure function of (seed, iteration, slot)."""
+from __future__ import annotations
+
+import colorsys
+
+import pytest
+import torch
+
+from deeplab.datasets import GlobalBatchSampler
+from deeplab.transforms import (IGNORE_INDEX, Photometric, hsv_to_rgb, keep_ratio_size, normalize, pad,
+                                photometric_distortion, random_crop, random_rescale, resize_label, rgb_to_hsv,
+                                sample_seed, train_sample)
+
+
+def test_labels_are_only_nearest_resized() -> None:
+    label = torch.randint(0, 3, (37, 53), dtype=torch.uint8) * 100  # values 0, 100, 200: blending would show
+    label[5:9] = IGNORE_INDEX
+    for size in ((80, 111), (13, 20)):
+        assert set(resize_label(label, size).unique().tolist()) <= {0, 100, 200, IGNORE_INDEX}
+    image = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        scaled_image, scaled_label = random_rescale(image, label, (128, 64), (0.5, 2.0), gen)
+        assert scaled_image.shape[-2:] == scaled_label.shape and scaled_image.dtype == torch.uint8
+        assert set(scaled_label.unique().tolist()) <= {0, 100, 200, IGNORE_INDEX}
+
+
+def test_keep_ratio_size_fits_the_scale_like_the_reference() -> None:
+    assert keep_ratio_size(375, 500, (2048, 512)) == (512, 683)    # short side limited
+    assert keep_ratio_size(1024, 2048, (2048, 512)) == (512, 1024)
+    assert keep_ratio_size(100, 1000, (2048, 512)) == (205, 2048)  # long side limited
+
+
+def test_pad_uses_zero_for_images_and_ignore_for_labels() -> None:
+    image, label = torch.full((3, 5, 7), 9, dtype=torch.uint8), torch.ones(5, 7, dtype=torch.uint8)
+    padded_image, padded_label = pad(image, label, (8, 10))
+    assert padded_image.shape == (3, 8, 10) and padded_label.shape == (8, 10)
+    assert padded_image[:, 5:].eq(0).all() and padded_image[:, :, 7:].eq(0).all()
+    assert padded_label[5:].eq(IGNORE_INDEX).all() and padded_label[:, 7:].eq(IGNORE_INDEX).all()
+    assert padded_label[:5, :7].eq(1).all()
+    # normalising with the valid size zeroes the padding, as padding the normalised image with 0 would
+    x = normalize(padded_image[None].float(), torch.tensor([[5, 7]]))
+    assert x[:, :, 5:].eq(0).all() and x[:, :, :, 7:].eq(0).all() and x[:, :, :5, :7].ne(0).all()
+
+
+def test_crop_redraws_while_one_class_dominates() -> None:
+    label = torch.zeros(40, 40, dtype=torch.uint8)
+    label[:, 30:] = 1            # class 1 only in the right quarter
+    label[:, 20:30] = IGNORE_INDEX
+    image = torch.zeros(3, 40, 40, dtype=torch.uint8)
+
+    def share_ok(ratio: float) -> float:
+        gen, ok = torch.Generator().manual_seed(0), 0
+        for _ in range(200):
+            _, crop = random_crop(image, label, (16, 16), ratio, gen)
+            counts = torch.bincount(crop.flatten(), minlength=256)[:IGNORE_INDEX]
+            counts = counts[counts > 0]
+            ok += int(len(counts) > 1 and counts.max() < 0.75 * counts.sum())
+        return ok / 200
+    assert share_ok(0.75) > 2 * share_ok(1.0)
+    uniform = torch.zeros(40, 40, dtype=torch.uint8)  # no crop can satisfy the rule: gives up after 10 tries
+    _, crop = random_crop(image, uniform, (16, 16), 0.75, torch.Generator().manual_seed(0))
+    assert crop.shape == (16, 16)
+
+
+def test_train_sample_is_a_pure_function_of_its_seed() -> None:
+    gen = torch.Generator().manual_seed(3)
+    image = torch.randint(0, 256, (3, 30, 45), dtype=torch.uint8, generator=gen)
+    label = torch.randint(0, 4, (30, 45), dtype=torch.uint8, generator=gen)
+    options = {"base_scale": (64, 32), "ratio_range": (0.5, 2.0), "crop": (24, 24), "cat_max_ratio": 0.75}
+    a, b = train_sample(image, label, seed=11, **options), train_sample(image, label, seed=11, **options)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["image"].shape == (3, 24, 24) and a["label"].shape == (24, 24) and a["image"].dtype == torch.uint8
+    others = [train_sample(image, label, seed=s, **options) for s in range(12, 20)]
+    assert any(not torch.equal(a["image"], o["image"]) for o in others)
+    assert sample_seed(0, 5, 1) == sample_seed(0, 5, 1) != sample_seed(0, 5, 2) != sample_seed(1, 5, 1)
+
+
+def test_hsv_round_trip_and_reference_formula() -> None:
+    rgb = torch.randint(0, 256, (2, 3, 6, 6)).float()
+    assert torch.allclose(hsv_to_rgb(rgb_to_hsv(rgb)), rgb, atol=1e-3)
+    r, g, b = (float(v) for v in rgb[0, :, 1, 2])
+    h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+    hsv = rgb_to_hsv(rgb)[0, :, 1, 2]
+    assert hsv[0].item() == pytest.approx(h * 6, abs=1e-4) and hsv[1].item() == pytest.approx(s, abs=1e-5)
+
+
+def test_photometric_distortion_steps() -> None:
+    images = torch.randint(0, 256, (3, 3, 8, 8)).float()
+    identity = torch.stack([Photometric().as_tensor()] * 3)
+    assert torch.allclose(photometric_distortion(images, identity), images, atol=1e-3)
+    bright = torch.stack([Photometric(brightness=10.0).as_tensor()] * 3)
+    assert torch.allclose(photometric_distortion(images, bright), (images + 10).clamp(0, 255), atol=1e-3)
+    grey = photometric_distortion(images, torch.stack([Photometric(saturation=0.0).as_tensor()] * 3))
+    assert torch.allclose(grey[:, 0], grey[:, 1], atol=1e-3) and torch.allclose(grey[:, 1], grey[:, 2], atol=1e-3)
+    assert photometric_distortion(images, torch.stack([Photometric(contrast=3.0).as_tensor()] * 3)).max() <= 255
+
+
+def test_ranks_and_micro_batches_partition_the_global_batch() -> None:
+    single = GlobalBatchSampler(10, 4, seed=0, start=0, stop=6)
+    per_iteration = [single.rank_items(it) for it in range(6)]
+    for it, items in enumerate(per_iteration):  # an epoch is 2 iterations (drop_last), no repeats inside
+        epoch_items = per_iteration[it - it % 2] + per_iteration[it - it % 2 + 1]
+        assert len({i for i, _ in epoch_items}) == 8
+    ranks = [list(GlobalBatchSampler(10, 4, seed=0, start=0, stop=6, rank=r, world=2, accumulation=2))
+             for r in range(2)]
+    for it in range(6):  # rank r, micro-batch k of iteration it: 1 image each; together the global batch
+        joined = [item for r in range(2) for item in ranks[r][2 * it] + ranks[r][2 * it + 1]]
+        assert joined == per_iteration[it]
+    resumed = list(GlobalBatchSampler(10, 4, seed=0, start=3, stop=6))
+    assert resumed == per_iteration[3:]
+    with pytest.raises(ValueError, match="cannot be split"):
+        GlobalBatchSampler(10, 4, seed=0, start=0, stop=1, world=3)
