@@ -5,6 +5,9 @@ The files in the cell folder are the record; MLflow only mirrors them. So every 
 locked database) instead of killing a training job. ``mlflow`` is imported lazily: the import alone takes
 3-4 s. Metrics are logged asynchronously so the training loop never waits on the store.
 
+Every call runs on one background thread, in order: the 3-4 s import and the store's start-up overlap
+the job's own work instead of delaying it; :meth:`Tracker.end` waits for the queue to drain.
+
 The run id is kept in ``<cell dir>/mlflow_run_id``: a resumed training job and the evaluation stage
 reattach to that run rather than opening new ones.
 """
@@ -14,6 +17,7 @@ import json
 import os
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -72,6 +76,14 @@ class Tracker:
         self.cell_dir, self.project_root = Path(cell_dir), Path(project_root)
         self.client: Any = None
         self.run_id: str | None = None
+        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow") if enabled else None
+        self._started: Future | None = None
+
+    def _submit(self, what: str, fn: Any, *args: Any) -> Future | None:
+        """Queue ``fn`` on the tracking thread; calls run in submission order."""
+        if self._queue is None or not self.enabled:
+            return None
+        return self._queue.submit(self._guard, what, fn, *args)
 
     def _guard(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if not self.enabled:
@@ -86,9 +98,15 @@ class Tracker:
             return None
 
     def start(self, run_name: str, params: Mapping[str, Any] | None = None,
-              tags: Mapping[str, str] | None = None) -> str | None:
-        """Open (or reattach to) this cell's run; log params and tags when the run is new."""
-        return self._guard("start the run", self._start, run_name, params or {}, tags or {})
+              tags: Mapping[str, str] | None = None) -> None:
+        """Open (or reattach to) this cell's run in the background; log params when the run is new."""
+        self._started = self._submit("start the run", self._start, run_name, params or {}, tags or {})
+
+    def wait_run_id(self) -> str | None:
+        """The run id once the run is open; None when tracking is off or failed."""
+        if self._started is not None:
+            self._started.result()
+        return self.run_id
 
     def _start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         mlflow = _mlflow()
@@ -121,8 +139,8 @@ class Tracker:
         return True
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Asynchronous: queued, never waits on the store."""
-        self._guard("log metrics", self._log_metrics, metrics, step)
+        """Queued: never waits on the store."""
+        self._submit("log metrics", self._log_metrics, dict(metrics), step)
 
     def _log_metrics(self, metrics: Mapping[str, float], step: int | None) -> None:
         if self.run_id is None:
@@ -133,15 +151,23 @@ class Tracker:
         self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self._submit(f"upload {path}", self._log_artifact, str(path), folder)
+
+    def _log_artifact(self, path: str, folder: str | None) -> None:
         if self.run_id is not None:
-            self._guard(f"upload {path}", self.client.log_artifact, self.run_id, str(path), folder)
+            self.client.log_artifact(self.run_id, path, folder)
 
     def end(self, status: str = "FINISHED") -> None:
-        """Flush queued metrics and mark the run ``FINISHED`` / ``FAILED`` / ``KILLED``."""
-        if self.run_id is not None:
-            self._guard("finish the run", self._end, status)
+        """Mark the run ``FINISHED`` / ``FAILED`` / ``KILLED`` after everything queued, and wait for it."""
+        if self._queue is None:
+            return
+        self._submit("finish the run", self._end, status)
+        self._queue.shutdown(wait=True)
+        self._queue = None
 
     def _end(self, status: str) -> None:
+        if self.run_id is None:
+            return
         _mlflow().flush_async_logging()
         self.client.set_terminated(self.run_id, status=status)
 

@@ -83,6 +83,18 @@ def write_json(doc: dict[str, Any], path: Path) -> None:
 def run(cfg: CellConfig, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     prepared, cell_dir = cfg.preset.prepared_dir(cfg.cell.dataset), Path(cfg.preset.cell_dir(cfg.cell.id))
+    tracker = Tracker(uri=default_tracking_uri(Path.cwd()), experiment=cfg.preset.experiment, cell_dir=cell_dir,
+                      project_root=Path.cwd())
+    tracker.start(cfg.cell.id)  # in the background, while the split is scored
+    try:
+        return score(cfg, args, tracker, prepared, cell_dir, started)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+
+
+def score(cfg: CellConfig, args: argparse.Namespace, tracker: Tracker, prepared: str, cell_dir: Path,
+          started: float) -> dict[str, Any]:
     meta = read_meta(prepared)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = cfg.data.eval_scale is None  # native size: one shape, worth autotuning
@@ -97,9 +109,7 @@ def run(cfg: CellConfig, args: argparse.Namespace) -> dict[str, Any]:
                             keep_samples=GRID_SAMPLES)
     results = {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}
     main = results[SINGLE_SCALE.name]
-    tracker = Tracker(uri=default_tracking_uri(Path.cwd()), experiment=cfg.preset.experiment, cell_dir=cell_dir,
-                      project_root=Path.cwd())
-    run_id = tracker.start(cfg.cell.id)
+    run_id = tracker.wait_run_id()
     pictures = draw_pictures(cfg, cell_dir, main, scored.samples, meta["palette"])
     doc = {"cell": cfg.cell.id, "preset": cfg.preset.name, "split": cfg.data.val_split,
            "protocol": "single-scale whole image" + (f", keep-ratio resized to fit {list(cfg.data.eval_scale)}"

@@ -1,0 +1,80 @@
+"""Evaluation: the protocols on a model whose answer is known, and the stage's files (metrics.json,
+pictures, saved predictions), plus refusal of weights trained under another config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import pipeline.evaluate
+from deeplab.config import load_params
+from deeplab.evaluate import MULTI_SCALE_FLIP, SINGLE_SCALE, _windows, predict, sliding_window
+from deeplab.train import build_model, save_final
+from deeplab.transforms import MEAN
+from tests.train_fixtures import project  # noqa: F401  (fixture)
+
+CELL = "voc-r50-os16"
+
+
+class ColourModel(nn.Module):
+    """Per-pixel classifier: class 1 where the (normalised) red channel is above the mean red, else 0."""
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        red = x[:, :1]
+        return {"out": torch.cat([-red, red], dim=1) * 10}
+
+
+def test_protocols_predict_at_the_label_size() -> None:
+    image = torch.zeros(3, 30, 50, dtype=torch.uint8)
+    image[0, :, 20:] = 255                                   # right part red: class 1
+    expected = (torch.arange(50) >= 20).long().expand(30, 50)
+    for protocol in (SINGLE_SCALE, MULTI_SCALE_FLIP, sliding_window((16, 16))):
+        prediction = predict(ColourModel(), image, protocol, (64, 24), channels_last=False)
+        assert prediction.shape == (30, 50)
+        assert (prediction != expected).float().mean() < 0.05, protocol.name  # only at the resized edge
+    native = predict(ColourModel(), image, SINGLE_SCALE, None, channels_last=False)
+    assert torch.equal(native, expected)
+    assert MEAN[0] < 255
+
+
+def test_windows_cover_the_image() -> None:
+    assert _windows(50, 16, 11) == [0, 11, 22, 33, 34]
+    assert _windows(10, 16, 11) == [0]
+
+
+def test_stage_writes_metrics_pictures_and_predictions(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve(CELL, "smoke")
+    cell_dir = project / "results" / "smoke" / CELL
+    torch.manual_seed(0)
+    save_final(build_model(cfg, torch.device("cpu")), cfg, cell_dir / "model.pt", 4)
+    (cell_dir / "train_log.csv").write_text("iteration,loss,main_loss,aux_loss,lr,images,images_per_s,peak_memory_mb\n"
+                                            "1,2.0,1.5,1.2,0.01,2,3.0,0\n2,1.5,1.1,1.0,0.005,2,3.0,0\n")
+    assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke", "--save-predictions", "preds",
+                                   "--multi-scale", "--sliding-window"]) == 0
+    metrics = json.loads((cell_dir / "metrics.json").read_text())
+    assert set(metrics["per_class_iou"]) == {f"class {k}" for k in range(5)}
+    assert metrics["images"] == 3 and 0 <= metrics["mIoU"] <= 100 and metrics["seconds"] > 0
+    assert set(metrics["extra"]) == {"multi-scale+flip", "sliding-window"}
+    assert set(metrics["provenance"]) >= {"git_commit", "git_dirty", "data_manifest", "config_digest", "mlflow_run_id"}
+    assert metrics["provenance"]["config_digest"] == cfg.digest()
+    for picture in ("iou_per_class.png", "learning_curves.png", "predictions.png"):
+        assert (cell_dir / picture).stat().st_size > 1000
+    from torchvision.io import read_image
+    written = sorted(p.name for p in (project / "preds").iterdir())
+    assert written == ["val_0000.png", "val_0001.png", "val_0002.png"]  # named like the label files
+    prediction = read_image(str(project / "preds" / written[0]))
+    assert prediction.shape == (1, 48, 64) and prediction.dtype == torch.uint8 and prediction.max() < 5
+
+
+def test_weights_of_another_config_are_refused(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve("voc-r50-os8", "smoke")
+    save_final(build_model(cfg, torch.device("cpu")), cfg, project / "results" / "smoke" / CELL / "model.pt", 4)
+    assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 2
+    assert "different resolved config" in capsys.readouterr().err
+    assert not (project / "results" / "smoke" / CELL / "metrics.json").exists()
