@@ -239,3 +239,15 @@ def test_table_check_fails_on_a_stale_readme(checkout: Path, tmp_path: Path) -> 
         assert "python -m pipeline.table --preset full" in result.stderr
     finally:
         readme.write_text(original)
+
+
+# --- job sizes ----------------------------------------------------------------------------------------------
+
+def test_compute_budget_matches_the_recipe() -> None:
+    """shared/RECIPE.md: VOC shows 634,560 images, the whole table is about 1.6e19 FLOPs."""
+    from deeplab.budget import gpu_hours, training_flops, training_images
+    assert training_images(PARAMS.resolve("voc-r50-os8")) == 634_560
+    assert training_images(PARAMS.resolve("cityscapes-r101-os16")) == 654_720
+    total = sum(training_flops(PARAMS.resolve(cell)) for cell in PARAMS.cells)
+    assert 1.5e19 < total < 1.65e19
+    assert gpu_hours(PARAMS.resolve("ade20k-r101-os8"), "A100") > gpu_hours(PARAMS.resolve("ade20k-r101-os8"))

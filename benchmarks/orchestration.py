@@ -1,0 +1,91 @@
+"""Orchestration overhead: how long Snakemake takes to plan the 12-cell DAG, and the smoke DAG end to end.
+
+    .venv/bin/python benchmarks/orchestration.py --quick     # dry runs only (well under 2 minutes)
+    .venv/bin/python benchmarks/orchestration.py             # + the whole smoke DAG on this machine
+
+Everything runs in a temporary copy of the tracked files (a clean clone: no data, no results), so what a
+user already has does not change what is measured. Baselines measured in the same run: `python -c pass`
+(interpreter start) and `snakemake --version` (Snakemake's own start-up); the dry run's cost beyond the
+latter is what parsing the Snakefile, loading params and building the 34-job DAG adds. Target (issue #6):
+`snakemake -n results/table.md` under 5 s.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+TARGET_DRY_RUN_S = 5.0
+
+
+def copy_checkout(dest: Path) -> Path:
+    """The tracked files as they are in the working tree, in a fresh git repository (DVC wants one)."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
+           "GIT_COMMITTER_EMAIL": "b@b"}
+    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "snapshot"]):
+        subprocess.run(command, cwd=dest, env=env, check=True, capture_output=True)
+    return dest
+
+
+def wall(command: list[str], cwd: Path, env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return elapsed
+
+
+def median_wall(command: list[str], cwd: Path, env: dict[str, str], repeats: int) -> float:
+    wall(command, cwd, env)  # warm the file cache and __pycache__ once, as a second invocation would be
+    return statistics.median(wall(command, cwd, env) for _ in range(repeats))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="dry runs only (skip the smoke DAG)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each short command")
+    args = parser.parse_args()
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    with tempfile.TemporaryDirectory(prefix="orchestration-") as tmp:
+        checkout = copy_checkout(Path(tmp))
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        snakemake = str(BIN / "snakemake")
+        timings = {
+            "python -c pass": median_wall([sys.executable, "-c", "pass"], checkout, env, args.repeats),
+            "snakemake --version": median_wall([snakemake, "--version"], checkout, env, args.repeats),
+            "snakemake -n results/table.md": median_wall([snakemake, "-n", "results/table.md"], checkout, env,
+                                                         args.repeats),
+            "snakemake -n --config preset=smoke": median_wall(
+                [snakemake, "-n", "results/smoke/table.md", "--config", "preset=smoke"], checkout, env,
+                args.repeats),
+        }
+        if not args.quick:
+            timings["smoke DAG end to end (--cores 2)"] = wall(
+                [snakemake, "--cores", "2", "results/smoke/table.md", "--config", "preset=smoke"], checkout, env)
+    print(f"machine: {os.cpu_count()} CPU cores, median of {args.repeats} runs after one warm-up")
+    for name, seconds in timings.items():
+        print(f"  {name:<40} {seconds:8.2f} s")
+    dry, version, bare = (timings[k] for k in ("snakemake -n results/table.md", "snakemake --version",
+                                               "python -c pass"))
+    print(f"ratio dry run / snakemake --version: {dry / version:.2f}x (DAG work: {dry - version:.2f} s)")
+    print(f"ratio dry run / python -c pass:      {dry / bare:.1f}x")
+    verdict = "met" if dry < TARGET_DRY_RUN_S else f"missed by {dry - TARGET_DRY_RUN_S:.2f} s"
+    print(f"target: dry run under {TARGET_DRY_RUN_S:.0f} s: {dry:.2f} s, {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The whole smoke DAG, end to end, through Snakemake and through DVC, each in a fresh copy of the checkout.
+
+Marked slow (minutes each) but part of the default run: this is the test that the stages fit together.
+Each run gets its own MLflow SQLite store; afterwards it must hold 12 FINISHED runs with their metrics, and
+results/smoke/table.md 12 measured mIoU values. The full preset's files must be untouched.
+"""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from deeplab.config import load_params
+from tests.dag_fixtures import ROOT, copy_checkout, run_tool
+
+pytestmark = pytest.mark.slow
+CELLS = list(load_params(ROOT / "params").cells)
+DAG_TIMEOUT_S = 1500
+
+
+def _run_dag(tmp_path_factory: pytest.TempPathFactory, name: str, command: list[str]) -> tuple[Path, str]:
+    checkout = copy_checkout(tmp_path_factory.mktemp(name))
+    uri = f"sqlite:///{tmp_path_factory.mktemp(f'{name}-mlflow') / 'mlflow.db'}"
+    run_tool(command, checkout, timeout=DAG_TIMEOUT_S, MLFLOW_TRACKING_URI=uri)
+    return checkout, uri
+
+
+@pytest.fixture(scope="module")
+def snakemake_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return _run_dag(tmp_path_factory, "snakemake", ["snakemake", "--cores", "2", "--config", "preset=smoke"])
+
+
+@pytest.fixture(scope="module")
+def dvc_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    return _run_dag(tmp_path_factory, "dvc", ["dvc", "repro", "smoke/dvc.yaml"])
+
+
+def _check_outcome(checkout: Path, uri: str) -> None:
+    from mlflow import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(load_params(checkout / "params").preset("smoke").experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(run.info.run_name for run in runs) == sorted(CELLS)
+    for run in runs:
+        assert run.info.status == "FINISHED", run.info.run_name
+        assert {"mIoU", "aAcc", "mAcc"} <= set(run.data.metrics), run.info.run_name
+        assert run.data.tags.get("preset") == "smoke"
+    table = (checkout / "results" / "smoke" / "table.md").read_text()
+    measured = re.findall(r"\| (\d+\.\d\d)% \| \d+\.\d\d% \| [+-]\d+\.\d\d \|", table)
+    assert len(measured) == 12, table
+    for cell in CELLS:
+        metrics = json.loads((checkout / "results" / "smoke" / cell / "metrics.json").read_text())
+        assert f"{metrics['mIoU']:.2f}%" in table
+    # the full preset's data, results and README tables are untouched
+    assert not (checkout / "data" / "raw").exists() and not (checkout / "data" / "prepared").exists()
+    assert not any((checkout / "results" / cell).exists() for cell in CELLS)
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "README.md", "results/table.md"], cwd=checkout,
+                             capture_output=True, text=True, check=True).stdout
+    assert changed == "", changed
+
+
+def test_snakemake_runs_the_smoke_dag(snakemake_run: tuple[Path, str]) -> None:
+    _check_outcome(*snakemake_run)
+
+
+def test_snakemake_results_can_be_adopted_by_dvc(snakemake_run: tuple[Path, str]) -> None:
+    """README's recipe: `dvc commit -f` records Snakemake's outputs; DVC then has nothing to rerun, and
+    a VOC training setting marks only the VOC training stages (and the table, which shows the recipe) as
+    changed; evaluation does not read it (their inputs change only once the cells are retrained)."""
+    checkout, uri = snakemake_run
+    run_tool(["dvc", "commit", "-f", "smoke/dvc.yaml"], checkout, timeout=300, MLFLOW_TRACKING_URI=uri)
+    status = run_tool(["dvc", "status", "smoke/dvc.yaml"], checkout, timeout=300).stdout
+    assert "up to date" in status, status
+    datasets = checkout / "params" / "datasets.yaml"
+    datasets.write_text(datasets.read_text().replace("  cat_max_ratio: 0.75", "  cat_max_ratio: 0.7", 1))
+    status = run_tool(["dvc", "status", "smoke/dvc.yaml", "--json"], checkout, timeout=300).stdout
+    changed = {name.split(":")[-1] for name in json.loads(status)}
+    assert changed == {f"train_cell@voc-{b}-{s}" for b in ("r50", "r101") for s in ("8", "16")} | {"make_table"}, changed
+
+
+def test_dvc_runs_the_smoke_dag(dvc_run: tuple[Path, str]) -> None:
+    _check_outcome(*dvc_run)
+    checkout, _ = dvc_run
+    status = run_tool(["dvc", "status", "smoke/dvc.yaml"], checkout, timeout=300).stdout
+    assert "up to date" in status, status
+
+
+def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_path: Path) -> None:
+    checkout, uri = dvc_run
+    shown = json.loads(run_tool(["dvc", "metrics", "show", "--json"], checkout, timeout=300).stdout)
+    files = {path for rev in shown.values() for source in rev.get("data", {}).values()
+             for path in source.get("data", {})}
+    assert {f"results/smoke/{cell}/metrics.json" for cell in CELLS} <= files, files
+    run_tool(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], checkout, timeout=300)
+    assert (tmp_path / "plots" / "index.html").is_file()
+    # a reference mIoU is read only by the table stage: the experiment reruns just that stage
+    run_tool(["dvc", "exp", "run", "smoke/dvc.yaml", "-S", "params/cells.yaml:cells.voc-r50-os8.reference_miou=70.0"],
+             checkout, timeout=600, MLFLOW_TRACKING_URI=uri)
+    assert "| 70.00% |" in (checkout / "results" / "smoke" / "table.md").read_text()
