@@ -16,9 +16,9 @@ import pytest
 from deeplab.config import load_params
 from tests.dag_fixtures import ROOT, copy_checkout, run_tool
 
-pytestmark = pytest.mark.slow
+DAG_TIMEOUT_S = 1500  # one whole DAG; the per-test limit below covers the module fixture that runs it
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(DAG_TIMEOUT_S + 600)]
 CELLS = list(load_params(ROOT / "params").cells)
-DAG_TIMEOUT_S = 1500
 
 
 def _run_dag(tmp_path_factory: pytest.TempPathFactory, name: str, command: list[str]) -> tuple[Path, str]:
@@ -91,9 +91,9 @@ def test_dvc_runs_the_smoke_dag(dvc_run: tuple[Path, str]) -> None:
 def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_path: Path) -> None:
     checkout, uri = dvc_run
     shown = json.loads(run_tool(["dvc", "metrics", "show", "--json"], checkout, timeout=300).stdout)
-    files = {path for rev in shown.values() for source in rev.get("data", {}).values()
-             for path in source.get("data", {})}
-    assert {f"results/smoke/{cell}/metrics.json" for cell in CELLS} <= files, files
+    found = {path: source.get("data") for rev in shown.values() for path, source in rev.get("data", {}).items()}
+    for cell in CELLS:  # (the full preset's metrics are declared too, and absent here)
+        assert "mIoU" in (found.get(f"results/smoke/{cell}/metrics.json") or {}), (cell, sorted(found))
     run_tool(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], checkout, timeout=300)
     assert (tmp_path / "plots" / "index.html").is_file()
     # a reference mIoU is read only by the table stage: the experiment reruns just that stage
