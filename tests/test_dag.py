@@ -251,3 +251,36 @@ def test_compute_budget_matches_the_recipe() -> None:
     total = sum(training_flops(PARAMS.resolve(cell)) for cell in PARAMS.cells)
     assert 1.5e19 < total < 1.65e19
     assert gpu_hours(PARAMS.resolve("ade20k-r101-os8"), "A100") > gpu_hours(PARAMS.resolve("ade20k-r101-os8"))
+
+
+# --- profiles -----------------------------------------------------------------------------------------------
+
+def _profile(name: str, monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str, object]:
+    """A profile as Snakemake reads it (yte templating evaluated in this environment)."""
+    import yte
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with (ROOT / "profiles" / name / "config.yaml").open() as stream:
+        return yte.process_yaml(stream, require_use_yte=True)
+
+
+@pytest.mark.parametrize("name", ["local", "workstation"])
+def test_host_profiles_cap_gpu_jobs_at_the_gpu_pool(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = _profile(name, monkeypatch, DEEPLAB_GPUS="0,1,2")
+    assert profile["resources"] == {"gpu": 3} and profile["rerun-incomplete"] is True
+    if name == "workstation":  # every GPU job gets an equal share of the cores
+        assert profile["set-threads"]["train_cell"] == max(1, os.cpu_count() // 3)
+    assert _profile(name, monkeypatch, DEEPLAB_GPUS="")["resources"] == {"gpu": 1}  # CPU host: still runs
+
+
+def test_slurm_profile_requests_gpus_as_resources(checkout: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = _profile("slurm", monkeypatch, DEEPLAB_SLURM_PARTITION="gpuq", DEEPLAB_SLURM_ACCOUNT="proj")
+    assert profile["executor"] == "slurm" and "slurm_extra" not in str(profile)
+    out = run_tool(["snakemake", "-n", "--profile", "profiles/slurm", "results/table.md"], checkout, timeout=120,
+                   DEEPLAB_SLURM_PARTITION="gpuq", DEEPLAB_SLURM_ACCOUNT="proj").stdout
+    train = _job_blocks(out, "train_cell")
+    assert len(train) == 12
+    for block in train:
+        resources = re.search(r"resources: (.*)", block).group(1)  # type: ignore[union-attr]
+        for expected in (r"\bgpu=1\b", r"\bslurm_partition=gpuq\b", r"\bslurm_account=proj\b", r"\bruntime=\d+"):
+            assert re.search(expected, resources), (expected, resources)
