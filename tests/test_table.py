@@ -55,9 +55,14 @@ def test_values_come_from_params(params_dir: Path) -> None:
 
 
 def test_smoke_preset_shows_its_own_recipe(params_dir: Path) -> None:
-    text = render(load_params(params_dir), "smoke", {}, link_base="")
-    assert "ResNet50 (OS=8, PRE=None) | 64x64 | LR/POLICY/BS/EPOCH: 0.01/poly/4/2" in text
-    assert "64x128" in text  # Cityscapes' smoke crop (h x w)
+    params = load_params(params_dir)
+    text = render(params, "smoke", {}, link_base="")
+    for dataset in ("voc", "cityscapes"):
+        recipe = params.dataset(dataset, "smoke")
+        assert recipe.crop_size != params.dataset(dataset, "full").crop_size  # the preset's own crop...
+        height, width = recipe.crop_size
+        assert (f"ResNet50 (OS=8, PRE=None) | {height}x{width} | "  # ...shown (h x w), trained from scratch
+                f"LR/POLICY/BS/EPOCH: 0.01/poly/{recipe.batch_size}/{recipe.epochs}") in text
 
 
 def test_stage_writes_table_and_readme_block_for_full_only(tmp_path: Path, params_dir: Path) -> None:
