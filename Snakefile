@@ -119,7 +119,7 @@ rule evaluate_cell:
         tracking=ancient(rules.init_tracking.output.store),
     output: metrics=f"{P.cell_dir('{cell}')}/metrics.json"
     log: f"{LOGS}/evaluate_cell/{{cell}}.log"
-    threads: 2
+    threads: lambda w: cell_config(w.cell).train.workers + 1  # as training: loader workers + the main process
     resources: gpu=1, mem_mb=16000, runtime=2 * 60
     shell:
         "{PY} -m pipeline.gpu_slot --gpus 1 -m pipeline.evaluate --cell {wildcards.cell} {STAGE_ARGS} > {log} 2>&1"
