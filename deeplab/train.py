@@ -302,7 +302,7 @@ def run_iterations(state: State, loader: DataLoader, cfg: CellConfig, ctx: Conte
             state.iteration += 1
             at_log = state.iteration % t.log_every == 0 or state.iteration == max_iters
             at_checkpoint = state.iteration % t.checkpoint_every == 0
-            stop = _stop_requested(signals, ctx, at_log)
+            stop = _stop_requested(signals, ctx, at_log) and state.iteration < max_iters  # else just finish
             if at_log or at_checkpoint or stop:
                 check_finite(window, checkpoint, ctx)
             if at_log:

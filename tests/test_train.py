@@ -148,13 +148,18 @@ def test_gradient_accumulation_keeps_the_global_batch(project: Path, monkeypatch
     assert [int(r["images"]) for r in log_rows(project / "results" / "smoke" / "voc-r50-os16")] == [4, 4]
 
 
+@pytest.mark.slow
 def test_learns_synthetic_data(tmp_path: Path, params_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A short run on class-coloured shapes beats chance (1/5 accuracy, ~10% mIoU) by a wide margin."""
-    shrink_params(params_dir, batch=4, epochs=12, train={"checkpoint_every": 1000, "log_every": 10,
-                                                         "deterministic": False, "lr": 0.05, "min_lr": 0.0})
-    write_prepared(tmp_path / "data" / "smoke" / "prepared" / "voc", n_train=16, n_val=4)
+    """150 iterations on bright shapes on black beat chance (~35% mIoU for 2 classes) by a wide margin.
+    From scratch at the recipe's lr, a network needs this many steps even for this task: minutes on
+    2 cores, hence ``slow``. Images are drawn at the crop's scale (no random rescale) to spare compute."""
+    shrink_params(params_dir, crop=16, batch=8, epochs=75,
+                  train={"checkpoint_every": 1000, "log_every": 25, "deterministic": False},
+                  dataset={"num_classes": 2, "ratio_range": [1.0, 1.0]})
+    write_prepared(tmp_path / "data" / "smoke" / "prepared" / "voc", num_classes=2, n_train=16, n_val=4,
+                   size=(24, 32))
     monkeypatch.chdir(tmp_path)
     assert pipeline.train.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
     assert pipeline.evaluate.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
     metrics = json.loads((tmp_path / "results" / "smoke" / "voc-r50-os16" / "metrics.json").read_text())
-    assert metrics["mIoU"] > 45, metrics
+    assert metrics["mIoU"] > 55, metrics

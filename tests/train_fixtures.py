@@ -18,9 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
+BRIGHT = [[0, 0, 0], [255, 255, 255], [255, 40, 40], [40, 255, 40], [40, 40, 255], [255, 255, 40]]
+
+
 def class_palette(num_classes: int) -> list[list[int]]:
+    """Well-separated colours (black background first), then random ones."""
     rng = np.random.default_rng(1234)
-    return [[0, 0, 0]] + rng.integers(40, 255, (num_classes - 1, 3)).tolist()
+    return (BRIGHT + rng.integers(40, 255, (max(num_classes - len(BRIGHT), 0), 3)).tolist())[:num_classes]
 
 
 def draw_sample(rng: np.random.Generator, num_classes: int, size: tuple[int, int],
