@@ -21,6 +21,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
+from deeplab import atomic
+
 RUN_ID_FILE = "mlflow_run_id"
 # An unreachable HTTP server blocks ~245 s with MLflow's default retries: fail fast instead.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
@@ -117,7 +119,7 @@ class Tracker:
         else:
             experiment_id = init_store(self.uri, self.experiment, self.project_root)
             self.run_id = self.client.create_run(experiment_id, run_name=run_name).info.run_id
-            _write_text(id_file, self.run_id)
+            atomic.write_text(id_file, self.run_id)
             params_list = [mlflow.entities.Param(k, v[:6000]) for k, v in flatten(params).items()]
             for i in range(0, len(params_list), 100):
                 self.client.log_batch(self.run_id, params=params_list[i:i + 100])
@@ -170,13 +172,6 @@ class Tracker:
             return
         _mlflow().flush_async_logging()
         self.client.set_terminated(self.run_id, status=status)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def git_state(project_root: str | Path) -> dict[str, Any]:

@@ -18,10 +18,11 @@ import os
 import sys
 from pathlib import Path
 
+from deeplab import atomic
 from deeplab.config import BACKBONES, DATASETS, ParamsError, load_params
 from deeplab.data.cityscapes_login import CityscapesLoginError, read_credentials
 from deeplab.data.download import download_dataset, download_weights, write_synthetic
-from deeplab.data.fetch import DownloadError, write_manifest
+from deeplab.data.fetch import DownloadError
 from deeplab.data.sources import CITYSCAPES_SERVER
 
 
@@ -56,7 +57,7 @@ def fetch_dataset(dataset: str, preset_name: str, params: Path, source: str | No
                                  credentials_file=credentials_file(),
                                  cityscapes_server=os.environ.get("CITYSCAPES_SERVER") or CITYSCAPES_SERVER)
     manifest = raw_dir / "manifest.json"
-    write_manifest(manifest, {"dataset": dataset, "preset": preset.name, "synthetic": preset.synthetic,
+    atomic.write_json(manifest, {"dataset": dataset, "preset": preset.name, "synthetic": preset.synthetic,
                               "files": files})
     return manifest
 
@@ -67,7 +68,7 @@ def fetch_weights(backbone: str, preset_name: str, params: Path, source: str | N
     weights_dir = Path(preset.weights_dir())
     files = download_weights(backbone, weights_dir, source=source)
     manifest = weights_dir / f"manifest-{backbone}.json"
-    write_manifest(manifest, {"backbone": backbone, "preset": preset.name, "files": files})
+    atomic.write_json(manifest, {"backbone": backbone, "preset": preset.name, "files": files})
     return manifest
 
 

@@ -11,8 +11,6 @@ with provenance. The numbers are mirrored to the cell's MLflow run (the one trai
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 
 import torch
 
-from deeplab import plots
+from deeplab import atomic, plots
 from deeplab.config import CellConfig, ParamsError, load_params
 from deeplab.datasets import DatasetError, manifest_hash, read_meta
 from deeplab.evaluate import MULTI_SCALE_FLIP, SINGLE_SCALE, Protocol, evaluate_split, sliding_window, summarize
@@ -74,12 +72,6 @@ def draw_pictures(cfg: CellConfig, cell_dir: Path, result: dict[str, Any], sampl
     return pictures
 
 
-def write_json(doc: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def run(cfg: CellConfig, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     prepared, cell_dir = cfg.preset.prepared_dir(cfg.cell.dataset), Path(cfg.preset.cell_dir(cfg.cell.id))
@@ -121,7 +113,7 @@ def score(cfg: CellConfig, args: argparse.Namespace, tracker: Tracker, prepared:
            "provenance": {**git_state(Path.cwd()), "data_manifest": manifest_hash(prepared, cfg.data.val_split),
                           "config_digest": cfg.digest(), "mlflow_run_id": run_id}}
     mirror(tracker, doc, pictures)
-    write_json(doc, cell_dir / "metrics.json")
+    atomic.write_json(cell_dir / "metrics.json", doc)
     tracker.log_artifact(cell_dir / "metrics.json")
     tracker.end("FINISHED")
     return doc

@@ -8,10 +8,9 @@ Writes ``<results_dir>/mlflow.json`` (uri, experiment, experiment id) as the sta
 from __future__ import annotations
 
 import argparse
-import json
-import os
 from pathlib import Path
 
+from deeplab import atomic
 from deeplab.config import load_params
 from deeplab.tracking import default_tracking_uri, init_store
 
@@ -26,11 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     uri = default_tracking_uri(root)
     experiment_id = init_store(uri, preset.experiment, root)
     marker = Path(preset.results_dir) / "mlflow.json"
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(".mlflow.json.tmp")
-    tmp.write_text(json.dumps({"uri": uri, "experiment": preset.experiment, "experiment_id": experiment_id},
-                              indent=2) + "\n")
-    os.replace(tmp, marker)
+    atomic.write_json(marker, {"uri": uri, "experiment": preset.experiment, "experiment_id": experiment_id})
     print(f"MLflow experiment '{preset.experiment}' ({experiment_id}) ready at {uri}")
     return 0
 

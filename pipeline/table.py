@@ -11,8 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from deeplab import atomic
 from deeplab.config import ParamsError, load_params
-from deeplab.table import TableError, read_metrics, render, replace_block, write_atomic
+from deeplab.table import TableError, read_metrics, render, replace_block
 
 README = Path("README.md")
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     for path, text in files.items():
         if not path.is_file() or path.read_text() != text:
-            write_atomic(path, text)
+            atomic.write_text(path, text)
         print(f"pipeline.table: wrote {path}")
 
 

@@ -12,13 +12,12 @@ copy running), 128 + signal when stopped by SIGTERM/SIGINT after writing a check
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import yaml
 
-from deeplab import distributed
+from deeplab import atomic, distributed
 from deeplab.checkpoint import CheckpointError
 from deeplab.config import CellConfig, ParamsError, load_params
 from deeplab.datasets import DatasetError, manifest_hash, read_split
@@ -50,12 +49,8 @@ def backbone_weights(cfg: CellConfig) -> Path | None:
 
 def write_config(cfg: CellConfig, cell_dir: Path, max_iters: int, world: int) -> Path:
     path = cell_dir / "config.yaml"
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".config.yaml.tmp")
     doc = {**cfg.to_dict(), "digest": cfg.digest(), "max_iters": max_iters, "world_size": world}
-    tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, yaml.safe_dump(doc, sort_keys=False))
 
 
 def start_tracking(cfg: CellConfig, cell_dir: Path, prepared: str, enabled: bool) -> Tracker:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import os
 import socket
 import sys
@@ -18,7 +17,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 from deeplab.data.sources import ArchiveSpec
 
@@ -244,10 +243,3 @@ def public_source(source: str) -> str:
 def _say(options: FetchOptions, message: str) -> None:
     if options.progress:
         print(message, file=sys.stderr, flush=True)
-
-
-def write_manifest(path: Path, doc: dict[str, object]) -> None:
-    """Write ``doc`` as JSON atomically (temp file + rename): a manifest present means the stage finished."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    tmp.replace(path)

@@ -12,7 +12,6 @@ and its presence marks a complete folder. Layout of a prepared folder:
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import shutil
@@ -22,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
+from deeplab import atomic
 from deeplab.data.convert import Job, Result, convert
 from deeplab.data.extract import extract
 from deeplab.data.fetch import file_digests
@@ -85,7 +85,7 @@ def _build(dataset: str, layout: Layout, archives: list[Path], build: Path,
             "labels": "single-channel uint8 PNG of class indices, 255 = ignore",
             "images": "JPEG/PNG as shipped; read them as RGB (some ADE20k images are grayscale)"}
     _write_splits(build, splits)
-    _write_json(build / "meta.json", meta)  # last: its presence marks a complete folder
+    atomic.write_json(build / "meta.json", meta, indent=1)  # last: its presence marks a complete folder
     _log(f"prepared {dataset} in {time.monotonic() - started:.1f} s")
     return meta
 
@@ -134,12 +134,6 @@ def _write_splits(build: Path, splits: dict[str, list[Job]]) -> None:
         lines = sorted(f"{job.image.relative_to(build)} {job.target.relative_to(build)}\n"
                        for job in splits[split])
         (build / "splits" / f"{split}.txt").write_text("".join(lines))
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def _swap_in(build: Path, out: Path) -> None:
