@@ -175,12 +175,10 @@ def test_cityscapes_bad_login_is_detected(city, tmp_path: Path, capfd) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cityscapes_html_instead_of_archive_is_refused(city, tmp_path: Path, monkeypatch) -> None:
-    """A session the server does not honour (the real site then sends its login page) never leaves an
-    HTML file under an archive's name."""
+@pytest.fixture
+def session_lost_after_login(city, monkeypatch):
+    """The server forgets the session right after a successful login (a lost or expired cookie)."""
     server, state = city
-    published = {1: hashlib.md5(state.packages[1]).hexdigest()}
-    monkeypatch.setattr(download_mod, "package_md5", lambda _s, _u, package, _t: published[package])
     from deeplab.data import cityscapes_login
     real_login = cityscapes_login.login
 
@@ -189,22 +187,23 @@ def test_cityscapes_html_instead_of_archive_is_refused(city, tmp_path: Path, mon
         state.cookie = "expired-on-the-server"
         return opener
     monkeypatch.setattr(download_mod, "login", login_then_forget)
+    return server, state
+
+
+def test_cityscapes_html_instead_of_archive_is_refused(session_lost_after_login, tmp_path: Path, monkeypatch) -> None:
+    """A session the server does not honour (the real site then sends its login page) never leaves an
+    HTML file under an archive's name."""
+    server, state = session_lost_after_login
+    published = {1: hashlib.md5(state.packages[1]).hexdigest()}
+    monkeypatch.setattr(download_mod, "package_md5", lambda _s, _u, package, _t: published[package])
     with pytest.raises(DownloadError, match="HTML page"):
         download_dataset("cityscapes", tmp_path, credentials=Credentials("alice", "s3cret-pw", "env"),
                          cityscapes_server=server, options=FAST)
     assert not list(tmp_path.glob("*.zip"))
 
 
-def test_cityscapes_md5_page_check_catches_a_lost_session(city, tmp_path: Path, monkeypatch) -> None:
-    server, state = city
-    from deeplab.data import cityscapes_login
-    real_login = cityscapes_login.login
-
-    def login_then_forget(*args, **kwargs):
-        opener = real_login(*args, **kwargs)
-        state.cookie = "expired-on-the-server"
-        return opener
-    monkeypatch.setattr(download_mod, "login", login_then_forget)
+def test_cityscapes_md5_page_check_catches_a_lost_session(session_lost_after_login, tmp_path: Path) -> None:
+    server, _ = session_lost_after_login
     with pytest.raises(CityscapesLoginError, match="instead of an md5"):
         download_dataset("cityscapes", tmp_path, credentials=Credentials("alice", "s3cret-pw", "env"),
                          cityscapes_server=server, options=FAST)
