@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test
+.PHONY: demo test test-fast
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,3 +19,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# Day-to-day: everything but the tests marked slow (the DAG end to end, the learning check); a few minutes.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow"

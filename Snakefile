@@ -2,8 +2,9 @@
 #   snakemake --cores all results/table.md                      the full recipe (needs GPUs and the data)
 #   snakemake --cores all --config preset=smoke                 the smoke preset on CPU, in minutes
 #   snakemake --profile profiles/slurm results/table.md         one SLURM job per cell
-# Every number lives in params/ (loaded and validated by deeplab.config); rules pass only paths, ids and
-# the preset. dvc.yaml runs the same commands.
+# Every number lives in params/ (loaded and validated by deeplab.config); every file name in deeplab.paths,
+# which this file and the stages both ask (so a rule's outputs are exactly what its command writes); rules
+# pass only ids and the preset. dvc.yaml runs the same commands.
 import math
 import sys
 
@@ -17,11 +18,10 @@ PARAMS = load_params(PARAMS_DIR)  # raises ParamsError naming file, key and line
 if PRESET not in PARAMS.presets:
     raise ValueError(f"--config preset={PRESET}: unknown preset; known: {', '.join(PARAMS.presets)} "
                      f"(params/presets.yaml)")
-P = PARAMS.preset(PRESET)
+PATHS = PARAMS.preset(PRESET).paths
 CELLS = PARAMS.cells
 PY = sys.executable  # the interpreter running Snakemake: the project's venv, also on cluster nodes
 STAGE_ARGS = f"--preset {PRESET} --params {PARAMS_DIR}"
-LOGS = f"logs/{PRESET}"
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
@@ -36,16 +36,12 @@ def cell_config(cell):
     return PARAMS.resolve(cell, PRESET)
 
 
-def prepared_meta(dataset):
-    return f"{P.prepared_dir(dataset)}/meta.json"
-
-
 def weights_for(wildcards):
     """The backbone's ImageNet checkpoint, only when the preset trains from it."""
     config_ = cell_config(wildcards.cell)
     if config_.model.pretrained == "none":
         return []
-    return f"{P.weights_dir()}/manifest-{config_.cell.backbone}.json"
+    return PATHS.weights_manifest(config_.cell.backbone)
 
 
 def train_minutes(wildcards):
@@ -56,50 +52,44 @@ def train_minutes(wildcards):
 
 
 rule all:
-    input: f"{P.results_dir}/table.md"
+    input: PATHS.table()
 
 
 rule download_dataset:
-    output: manifest=f"{P.raw_dir('{dataset}')}/manifest.json"
-    log: f"{LOGS}/download_dataset/{{dataset}}.log"
+    output: manifest=PATHS.dataset_manifest("{dataset}")
+    log: PATHS.log("download_dataset", "{dataset}")
     resources: runtime=24 * 60  # ADE20k + VOC + SBD are tens of GB; the download resumes if cut
     shell: "{PY} -m pipeline.download --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
 
 
 rule download_weights:
-    output: manifest=f"{P.weights_dir()}/manifest-{{backbone}}.json"
-    log: f"{LOGS}/download_weights/{{backbone}}.log"
+    output: manifest=PATHS.weights_manifest("{backbone}")
+    log: PATHS.log("download_weights", "{backbone}")
     shell: "{PY} -m pipeline.download --weights {wildcards.backbone} {STAGE_ARGS} > {log} 2>&1"
 
 
 rule prepare_dataset:
     input: manifest=rules.download_dataset.output.manifest
-    output: meta=prepared_meta("{dataset}")
-    log: f"{LOGS}/prepare_dataset/{{dataset}}.log"
-    params:
-        raw=lambda w: P.raw_dir(w.dataset),
-        out=lambda w: P.prepared_dir(w.dataset),
-        counts="--expect-official-counts" if P.expect_official_counts else "",
+    output: meta=PATHS.prepared_meta("{dataset}")
+    log: PATHS.log("prepare_dataset", "{dataset}")
     threads: 2
     resources: mem_mb=8000, runtime=4 * 60
-    shell:
-        "{PY} -m pipeline.prepare --dataset {wildcards.dataset} --raw {params.raw} --out {params.out}"
-        " {params.counts} --params {PARAMS_DIR} > {log} 2>&1"
+    shell: "{PY} -m pipeline.prepare --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
 
 
 rule init_tracking:  # create the MLflow store and experiment once: parallel first writers race otherwise
-    output: store=f"{P.results_dir}/mlflow.json"
-    log: f"{LOGS}/init_tracking.log"
+    output: store=PATHS.tracking_marker()
+    log: PATHS.log("init_tracking")
     shell: "{PY} -m pipeline.init_tracking {STAGE_ARGS} > {log} 2>&1"
 
 
 rule train_cell:
     input:
-        meta=lambda w: prepared_meta(CELLS[w.cell].dataset),
+        meta=lambda w: PATHS.prepared_meta(CELLS[w.cell].dataset),
         weights=weights_for,
         tracking=ancient(rules.init_tracking.output.store),  # order only: a re-made store retrains nothing
-    output: model=f"{P.cell_dir('{cell}')}/model.pt"  # written last; train_log.csv, config.yaml beside it
-    log: f"{LOGS}/train_cell/{{cell}}.log"
+    output: model=PATHS.cell("{cell}").model  # written last; the training log and config beside it
+    log: PATHS.log("train_cell", "{cell}")
     params:
         config_digest=lambda w: cell_config(w.cell).digest(),  # a changed recipe reruns only its cells
     threads: lambda w: CELLS[w.cell].gpus * (cell_config(w.cell).train.workers + 1)
@@ -115,10 +105,10 @@ rule train_cell:
 rule evaluate_cell:
     input:
         model=rules.train_cell.output.model,
-        meta=lambda w: prepared_meta(CELLS[w.cell].dataset),
+        meta=lambda w: PATHS.prepared_meta(CELLS[w.cell].dataset),
         tracking=ancient(rules.init_tracking.output.store),
-    output: metrics=f"{P.cell_dir('{cell}')}/metrics.json"
-    log: f"{LOGS}/evaluate_cell/{{cell}}.log"
+    output: metrics=PATHS.cell("{cell}").metrics
+    log: PATHS.log("evaluate_cell", "{cell}")
     threads: lambda w: cell_config(w.cell).train.workers + 1  # as training: loader workers + the main process
     resources: gpu=1, mem_mb=16000, runtime=2 * 60
     shell:
@@ -126,7 +116,10 @@ rule evaluate_cell:
 
 
 rule make_table:
-    input: metrics=expand(f"{P.cell_dir('{cell}')}/metrics.json", cell=CELLS)
-    output: table=f"{P.results_dir}/table.md"  # the full preset also rewrites README.md's results block
-    log: f"{LOGS}/make_table.log"
+    input: metrics=[PATHS.cell(cell).metrics for cell in CELLS]
+    output:  # the full preset also rewrites README.md's results block
+        table=PATHS.table(),
+        summary=PATHS.summary(),
+        per_class=PATHS.per_class_iou(),
+    log: PATHS.log("make_table")
     shell: "{PY} -m pipeline.table {STAGE_ARGS} > {log} 2>&1"

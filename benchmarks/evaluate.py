@@ -16,9 +16,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deeplab.evaluate import SINGLE_SCALE, predict  # noqa: E402
+from deeplab.config import load_params  # noqa: E402
+from deeplab.evaluate import SINGLE_SCALE, InputSpec, predict  # noqa: E402
 from deeplab.metrics import ConfusionMatrix  # noqa: E402
-from deeplab.model import deeplabv3plus  # noqa: E402
+from deeplab.model import build_model  # noqa: E402
+
+CFG = load_params(Path(__file__).resolve().parent.parent / "params").resolve("voc-r50-os16")
 
 
 def sync(device: torch.device) -> None:
@@ -66,15 +69,15 @@ def confusion_rates(classes: int, device: torch.device, count: int, repeats: int
 
 
 def inference_rate(device: torch.device, size: int, images: int) -> float:
-    model = deeplabv3plus(backbone="r50", output_stride=16, num_classes=21).to(device).eval()
-    model = model.to(memory_format=torch.channels_last)
+    model = build_model(CFG, device).eval()  # channels-last as the recipe's train.channels_last
     image = torch.randint(0, 256, (3, size * 3 // 4, size), dtype=torch.uint8, device=device)  # 4:3 like VOC
-    dtype = torch.bfloat16 if device.type == "cuda" else None
-    predict(model, image, SINGLE_SCALE, (size * 4, size), dtype)  # warm-up
+    spec = InputSpec((size * 4, size), CFG.train.mean, CFG.train.std,
+                     torch.bfloat16 if device.type == "cuda" else None, CFG.train.channels_last)
+    predict(model, image, SINGLE_SCALE, spec)  # warm-up
     sync(device)
     started = time.perf_counter()
     for _ in range(images):
-        predict(model, image, SINGLE_SCALE, (size * 4, size), dtype)
+        predict(model, image, SINGLE_SCALE, spec)
     sync(device)
     return images / (time.perf_counter() - started)
 

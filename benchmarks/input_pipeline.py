@@ -24,10 +24,13 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from deeplab.config import load_params  # noqa: E402
 from deeplab.datasets import TrainDataset  # noqa: E402
-from deeplab.transforms import MEAN, STD, normalize, photometric_distortion, sample_seed  # noqa: E402
+from deeplab.transforms import Augmentation, normalize, photometric_distortion, sample_seed  # noqa: E402
 
-BASE, RATIO, CROP, CAT_MAX = (2048, 512), (0.5, 2.0), (512, 512), 0.75  # the VOC recipe
+CFG = load_params(Path(__file__).resolve().parent.parent / "params").resolve("voc-r50-os8")  # the VOC recipe
+BASE, RATIO, CROP, CAT_MAX = CFG.data.base_scale, CFG.data.ratio_range, CFG.data.crop_size, CFG.data.cat_max_ratio
+MEAN, STD = CFG.train.mean, CFG.train.std
 
 
 def write_images(folder: Path, count: int) -> Path:
@@ -52,7 +55,7 @@ def write_images(folder: Path, count: int) -> Path:
 
 def ours(folder: Path, batches: int, batch: int) -> tuple[float, float]:
     """(worker images/s: decode + uint8 chain + collate, images/s with the batch colour ops on this CPU)."""
-    dataset = TrainDataset(folder, "train", base_scale=BASE, ratio_range=RATIO, crop=CROP, cat_max_ratio=CAT_MAX)
+    dataset = TrainDataset(folder, "train", Augmentation.of(CFG))
     worker = device = 0.0
     for b in range(batches):
         started = time.perf_counter()
@@ -62,7 +65,7 @@ def ours(folder: Path, batches: int, batch: int) -> tuple[float, float]:
         photometric = torch.stack([s["photometric"] for s in samples])
         valid = torch.stack([s["valid_hw"] for s in samples])
         middle = time.perf_counter()
-        x = normalize(photometric_distortion(images.float(), photometric), valid)  # the device's part
+        x = normalize(photometric_distortion(images.float(), photometric), MEAN, STD, valid)  # the device's part
         worker, device = worker + middle - started, device + time.perf_counter() - middle
         assert x.shape == (batch, 3, *CROP) and labels.shape == (batch, *CROP)
     return batches * batch / worker, batches * batch / (worker + device)

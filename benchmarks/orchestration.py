@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -22,22 +21,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.dag_fixtures import copy_checkout  # noqa: E402  (a clean clone's files, as the DAG tests use)
+
 BIN = Path(sys.executable).parent
 TARGET_DRY_RUN_S = 5.0
-
-
-def copy_checkout(dest: Path) -> Path:
-    """The tracked files as they are in the working tree, in a fresh git repository (DVC wants one)."""
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        if (ROOT / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, dest / name)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "b", "GIT_AUTHOR_EMAIL": "b@b", "GIT_COMMITTER_NAME": "b",
-           "GIT_COMMITTER_EMAIL": "b@b"}
-    for command in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "snapshot"]):
-        subprocess.run(command, cwd=dest, env=env, check=True, capture_output=True)
-    return dest
 
 
 def wall(command: list[str], cwd: Path, env: dict[str, str]) -> float:

@@ -13,8 +13,10 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from deeplab.errors import PipelineError
+
 DEPTHS = {"r50": (3, 4, 6, 3), "r101": (3, 4, 23, 3)}
-# (strides, dilations) of layer1..layer4 per output stride (shared/RECIPE.md)
+# (strides, dilations) of layer1..layer4 per output stride (docs/recipe.md)
 STRIDES_DILATIONS = {8: ((1, 2, 1, 1), (1, 1, 2, 4)), 16: ((1, 2, 2, 1), (1, 1, 1, 2))}
 
 
@@ -69,7 +71,7 @@ def _make_layer(inplanes: int, planes: int, blocks: int, stride: int, dilation: 
     return nn.Sequential(*layers)
 
 
-class WeightsMismatchError(RuntimeError):
+class WeightsMismatchError(PipelineError):
     """A checkpoint's keys or shapes do not match the backbone; the message lists them by name."""
 
 

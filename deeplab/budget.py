@@ -1,15 +1,13 @@
 """Compute budget of a cell: training FLOPs and the GPU-hours they take at an assumed achieved rate.
 
 Used to size job requests (runtime on a cluster) and to tell users what a cell costs. FLOPs are the
-reference model's forward FLOPs at 512x512 (measured with torch.utils.flop_counter, shared/RECIPE.md),
+reference model's forward FLOPs at 512x512 (measured with torch.utils.flop_counter; deeplab.model),
 scaled by the crop's pixel count, times 3 for forward + backward, times the images the schedule shows.
 """
 from __future__ import annotations
 
 from deeplab.config import CellConfig
-
-# Forward GFLOPs of one 512x512 image (21 classes; the head's class count changes this by < 0.1 %).
-FORWARD_GFLOPS_512 = {("r50", 8): 352.4, ("r50", 16): 119.3, ("r101", 8): 507.5, ("r101", 16): 158.1}
+from deeplab.model import FORWARD_GFLOPS_512  # 21 classes; the head's class count changes it by < 0.1 %
 # Achieved training rates assumed for planning: about 30 % of the dense bf16 peak of each GPU (H100 SXM
 # 989 TFLOP/s, A100 312 TFLOP/s), typical of a convnet with BatchNorm in bf16 and channels-last.
 ACHIEVED_TFLOPS = {"H100": 300.0, "A100": 100.0}

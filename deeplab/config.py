@@ -20,14 +20,24 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from deeplab.errors import PipelineError
+from deeplab.paths import CellFiles, Paths
+
 DATASETS = ("voc", "ade20k", "cityscapes")
 BACKBONES = ("r50", "r101")
 OUTPUT_STRIDES = (8, 16)
-PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "presets.yaml")
+PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "evaluate.yaml", "presets.yaml")
 
 
-class ParamsError(ValueError):
+class ParamsError(PipelineError, ValueError):
     """A parameter file is wrong; the message names the file, the key and the line."""
+
+
+class UnknownName(PipelineError, KeyError):
+    """A cell, preset or dataset name that params/ does not define; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,30 @@ class TrainSettings:
     deterministic: bool
     reference_replicas: int
     max_micro_batch: int  # most images one GPU runs at once; 0 = its whole share (else gradient accumulation)
+    crop_tries: int  # the random crop is re-drawn up to this many times while one class dominates
+    flip_prob: float
+    brightness_delta: float  # photometric distortion, each step applied with probability 1/2
+    contrast_range: tuple[float, float]
+    saturation_range: tuple[float, float]
+    hue_delta: int  # OpenCV 8-bit hue units (0-180)
+    mean: tuple[float, float, float]  # normalisation of 0-255 RGB (the ImageNet weights' statistics)
+    std: tuple[float, float, float]
 
     def check(self) -> dict[str, str]:
         problems = {}
+        for key in ("contrast_range", "saturation_range"):
+            low, high = getattr(self, key)
+            if not 0 <= low <= high:
+                problems[key] = "must be [low, high] with 0 <= low <= high"
+        if min(self.std) <= 0:
+            problems["std"] = "must be positive"
+        if not 0 <= self.flip_prob <= 1:
+            problems["flip_prob"] = "must be in [0, 1]"
+        for key in ("brightness_delta", "hue_delta"):
+            if getattr(self, key) < 0:
+                problems[key] = "must not be negative"
+        if self.crop_tries < 1:
+            problems["crop_tries"] = "must be at least 1"
         if self.lr <= 0:
             problems["lr"] = "must be positive"
         elif not 0 <= self.min_lr <= self.lr:
@@ -126,6 +157,21 @@ class TrainSettings:
         for key in ("checkpoint_every", "log_every", "reference_replicas"):
             if getattr(self, key) <= 0:
                 problems[key] = "must be positive"
+        return problems
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    ms_ratios: tuple[float, ...]  # scales of the multi-scale protocol, relative to the single-scale size
+    ms_flip: bool                 # the multi-scale protocol also averages horizontally flipped inputs
+    max_workers: int              # loader workers of an evaluation (at most train.workers)
+
+    def check(self) -> dict[str, str]:
+        problems = {}
+        if not self.ms_ratios or min(self.ms_ratios) <= 0:
+            problems["ms_ratios"] = "must be a non-empty list of positive ratios"
+        if self.max_workers < 0:
+            problems["max_workers"] = "must not be negative"
         return problems
 
 
@@ -160,21 +206,10 @@ class Preset:
     expect_official_counts: bool
     overrides: Mapping[str, Any]
 
-    def raw_dir(self, dataset: str) -> str:
-        """Where the archives of ``dataset`` are downloaded (relative to the project root)."""
-        return f"{self.data_dir}/raw/{dataset}"
-
-    def prepared_dir(self, dataset: str) -> str:
-        """Where the prepared ``dataset`` lives: splits/, labels, meta.json."""
-        return f"{self.data_dir}/prepared/{dataset}"
-
-    def weights_dir(self) -> str:
-        """Where the ImageNet backbone checkpoints are downloaded."""
-        return f"{self.data_dir}/raw/weights"
-
-    def cell_dir(self, cell_id: str) -> str:
-        """Where one cell's weights, logs and metrics are written."""
-        return f"{self.results_dir}/{cell_id}"
+    @property
+    def paths(self) -> Paths:
+        """Where this preset's files live (deeplab.paths owns every file name)."""
+        return Paths(self.name, self.data_dir, self.results_dir)
 
 
 @dataclass(frozen=True)
@@ -185,7 +220,18 @@ class CellConfig:
     data: DatasetRecipe
     model: ModelSettings
     train: TrainSettings
+    evaluate: EvalSettings
     preset: Preset
+
+    @property
+    def files(self) -> CellFiles:
+        """This cell's files under its preset."""
+        return self.preset.paths.cell(self.cell.id)
+
+    @property
+    def prepared_dir(self) -> str:
+        """The prepared dataset this cell trains and is scored on."""
+        return self.preset.paths.prepared_dir(self.cell.dataset)
 
     @property
     def aspp_rates(self) -> tuple[int, int, int]:
@@ -198,7 +244,7 @@ class CellConfig:
         The reference spreads the global batch over ``reference_replicas`` GPUs; each GPU's distributed
         sampler sees ceil(N / replicas) images (padded) and drops its last incomplete batch. That gives
         epochs x floor(N / batch) for VOC (39,660) and ADE20k (164,190) but 81,840 (not 81,620) for
-        Cityscapes, as in shared/RECIPE.md. Replicas are taken as gcd(batch, reference_replicas).
+        Cityscapes (docs/recipe.md). Replicas are taken as gcd(batch, reference_replicas).
         """
         replicas = math.gcd(self.data.batch_size, self.train.reference_replicas)
         per_replica = -(-num_train_images // replicas)
@@ -226,25 +272,29 @@ class Params:
     datasets: Mapping[str, DatasetRecipe]
     model: ModelSettings
     train: TrainSettings
+    evaluate: EvalSettings
     presets: Mapping[str, Preset]
 
     def resolve(self, cell_id: str, preset: str = "full") -> CellConfig:
         if cell_id not in self.cells:
-            raise KeyError(f"unknown cell '{cell_id}'; known cells: {', '.join(self.cells)}")
+            raise UnknownName(f"unknown cell '{cell_id}'; known cells: {', '.join(self.cells)}")
         chosen = self.preset(preset)
         cell = self.cells[cell_id]
-        return CellConfig(cell=cell, data=self.dataset(cell.dataset, preset), model=self._section(
-            "model", self.model, chosen), train=self._section("train", self.train, chosen), preset=chosen)
+        return CellConfig(cell=cell, data=self.dataset(cell.dataset, preset),
+                          model=self._section("model", self.model, chosen),
+                          train=self._section("train", self.train, chosen),
+                          evaluate=self._section("evaluate", self.evaluate, chosen), preset=chosen)
 
     def preset(self, name: str) -> Preset:
         if name not in self.presets:
-            raise KeyError(f"unknown preset '{name}'; known presets: {', '.join(self.presets)}")
+            raise UnknownName(f"unknown preset '{name}'; known presets: {', '.join(self.presets)} "
+                              "(params/presets.yaml)")
         return self.presets[name]
 
     def dataset(self, name: str, preset: str = "full") -> DatasetRecipe:
         """The recipe of ``name`` with ``preset``'s overrides applied."""
         if name not in self.datasets:
-            raise KeyError(f"unknown dataset '{name}'; known datasets: {', '.join(self.datasets)}")
+            raise UnknownName(f"unknown dataset '{name}'; known datasets: {', '.join(self.datasets)}")
         overrides = self.preset(preset).overrides.get("datasets", {}).get(name, {})
         return dataclasses.replace(self.datasets[name], **overrides)
 
@@ -268,19 +318,21 @@ def load_params(params_dir: str | Path = "params") -> Params:
                    params_dir / "model.yaml", ("model",))
     train = _build(TrainSettings, _expect_keys(docs["train.yaml"], {"train"}, params_dir / "train.yaml", ())["train"],
                    params_dir / "train.yaml", ("train",))
+    evaluate = _build(EvalSettings, _expect_keys(docs["evaluate.yaml"], {"evaluate"}, params_dir / "evaluate.yaml",
+                                                 ())["evaluate"], params_dir / "evaluate.yaml", ("evaluate",))
     presets_doc = _expect_keys(docs["presets.yaml"], {"presets"}, params_dir / "presets.yaml", ())["presets"]
-    base = {"datasets": datasets, "model": model, "train": train}
+    base = {"datasets": datasets, "model": model, "train": train, "evaluate": evaluate}
     presets = {name: _build_preset(name, raw, base, params_dir / "presets.yaml")
                for name, raw in _mapping(presets_doc, params_dir / "presets.yaml", ("presets",)).items()}
     if "full" not in presets:
         raise ParamsError(f"{params_dir / 'presets.yaml'}: presets: the 'full' preset is required")
     params = Params(cells=types.MappingProxyType(cells), datasets=types.MappingProxyType(datasets),
-                    model=model, train=train, presets=types.MappingProxyType(presets))
+                    model=model, train=train, evaluate=evaluate, presets=types.MappingProxyType(presets))
     for preset in presets:  # every override must still give a valid recipe
         for name in datasets:
             _check(params.dataset(name, preset), params_dir / "presets.yaml",
                    ("presets", preset, "overrides", "datasets", name))
-        for section in ("model", "train"):
+        for section in ("model", "train", "evaluate"):
             _check(Params._section(section, base[section], presets[preset]), params_dir / "presets.yaml",
                    ("presets", preset, "overrides", section))
         for cell in cells.values():  # DDP splits the global batch evenly over a cell's GPUs
@@ -353,6 +405,10 @@ def _convert(value: Any, hint: Any, path: Path, where: tuple[str, ...]) -> Any:
         if value not in args or type(value) is not type(args[0]):
             raise ParamsError(f"{_where(path, where)}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
+    if origin is tuple and args[-1] is Ellipsis:
+        if not isinstance(value, list):
+            raise ParamsError(f"{_where(path, where)}: expected a list, got {value!r}")
+        return tuple(_convert(v, args[0], path, where + (str(i),)) for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, list) or len(value) != len(args):
             raise ParamsError(f"{_where(path, where)}: expected a list of {len(args)} numbers, got {value!r}")

@@ -20,10 +20,11 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from deeplab.transforms import sample_seed, train_sample
+from deeplab.errors import PipelineError
+from deeplab.transforms import Augmentation, sample_seed, train_sample
 
 
-class DatasetError(RuntimeError):
+class DatasetError(PipelineError):
     """The prepared dataset is missing or malformed; the message names the file and what to run."""
 
 
@@ -99,11 +100,9 @@ class SegmentationDataset(Dataset):
 class TrainDataset(Dataset):
     """The training split with the recipe's augmentation; items are addressed by ``(index, seed)``."""
 
-    def __init__(self, prepared_dir: str | Path, split: str, *, base_scale: tuple[int, int],
-                 ratio_range: tuple[float, float], crop: tuple[int, int], cat_max_ratio: float) -> None:
+    def __init__(self, prepared_dir: str | Path, split: str, aug: Augmentation) -> None:
         self.images = SegmentationDataset(prepared_dir, split)
-        self.options = {"base_scale": base_scale, "ratio_range": ratio_range, "crop": crop,
-                        "cat_max_ratio": cat_max_ratio}
+        self.aug = aug
 
     def __len__(self) -> int:
         return len(self.images)
@@ -111,7 +110,7 @@ class TrainDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = item
         image, label, _ = self.images[index]
-        return train_sample(image, label, seed=seed, **self.options)
+        return train_sample(image, label, self.aug, seed)
 
 
 def epoch_order(seed: int, epoch: int, num_images: int) -> torch.Tensor:

@@ -1,9 +1,9 @@
-"""Evaluation protocols of the recipe (shared/RECIPE.md) and the loop that scores a split.
+"""Evaluation protocols of the recipe (docs/recipe.md) and the loop that scores a split.
 
 - single scale (the table's protocol): whole image, keep-ratio resized to fit ``eval_scale`` (native size
   when it is None), logits resized bilinearly back to the label's size before the argmax;
-- multi-scale + flip (mmseg's extra column): ratios 0.5-1.75 of that size, with horizontal flips; the
-  softmax probabilities are averaged, as mmseg's ``aug_test`` does;
+- multi-scale + flip (mmseg's extra column): ``evaluate.ms_ratios`` of that size, with horizontal flips;
+  the softmax probabilities are averaged, as mmseg's ``aug_test`` does;
 - sliding window: the (resized) image is covered by training-crop-sized windows with 2/3 overlap stride,
   logits averaged where windows overlap (mmseg's ``slide_inference``).
 The confusion matrix stays on the device for the whole split.
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from torchvision.io import write_png
 
 from deeplab.datasets import DatasetError, SegmentationDataset
 from deeplab.metrics import ConfusionMatrix
+from deeplab.precision import resolve_precision
 from deeplab.transforms import IGNORE_INDEX, eval_size, normalize
 
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
@@ -37,7 +38,11 @@ class Protocol:
 
 
 SINGLE_SCALE = Protocol("single-scale")
-MULTI_SCALE_FLIP = Protocol("multi-scale+flip", ratios=MS_RATIOS, flip=True)
+
+
+def multi_scale(settings: EvalSettings) -> Protocol:
+    """mmseg's extra column: the ratios of params/evaluate.yaml, with flips when it says so."""
+    return Protocol("multi-scale" + ("+flip" if settings.ms_flip else ""), settings.ms_ratios, settings.ms_flip)
 
 
 def sliding_window(crop: tuple[int, int], ratios: tuple[float, ...] = (1.0,), flip: bool = False) -> Protocol:
@@ -67,23 +72,39 @@ def forward_logits(model: nn.Module, x: torch.Tensor, window: tuple[int, int] | 
     return total / count
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """How an image is fed to the model: the test size, the normalisation and the numerics of the run."""
+
+    eval_scale: tuple[int, int] | None  # keep-ratio fit at evaluation; None = native size
+    mean: Sequence[float]
+    std: Sequence[float]
+    dtype: torch.dtype | None = None    # autocast dtype; None = fp32
+    channels_last: bool = True
+
+    @classmethod
+    def of(cls, cfg: CellConfig, device: torch.device) -> "InputSpec":
+        return cls(cfg.data.eval_scale, cfg.train.mean, cfg.train.std,
+                   resolve_precision(cfg.train.precision, device), cfg.train.channels_last)
+
+
 @torch.inference_mode()
-def predict(model: nn.Module, image: torch.Tensor, protocol: Protocol, eval_scale: tuple[int, int] | None,
-            dtype: torch.dtype | None = None, channels_last: bool = True) -> torch.Tensor:
+def predict(model: nn.Module, image: torch.Tensor, protocol: Protocol, spec: InputSpec) -> torch.Tensor:
     """uint8 (3, H, W) image on the model's device -> (H, W) predicted class indices (int64)."""
     height, width = image.shape[-2:]
     source = image.float()[None]
     several = len(protocol.ratios) > 1 or protocol.flip
     score = None
     for ratio in protocol.ratios:
-        size = eval_size(height, width, eval_scale, ratio)
+        size = eval_size(height, width, spec.eval_scale, ratio)
         x = F.interpolate(source, size=size, mode="bilinear", align_corners=False).round_() \
             if size != (height, width) else source                      # as a uint8 resize would
-        x = normalize(x)
-        if channels_last:
+        x = normalize(x, spec.mean, spec.std)
+        if spec.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         for flip in (False, True) if protocol.flip else (False,):
-            with torch.autocast(image.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            with torch.autocast(image.device.type, dtype=spec.dtype or torch.bfloat16,
+                                enabled=spec.dtype is not None):
                 logits = forward_logits(model, x.flip(-1) if flip else x, protocol.window).float()
             logits = F.interpolate(logits.flip(-1) if flip else logits, size=(height, width), mode="bilinear",
                                    align_corners=False)                # (1, C, H, W)
@@ -108,8 +129,7 @@ class SplitResult:
 
 
 def evaluate_split(model: nn.Module, prepared_dir: str | Path, split: str, *, num_classes: int,
-                   eval_scale: tuple[int, int] | None, protocols: list[Protocol], device: torch.device,
-                   dtype: torch.dtype | None = None, channels_last: bool = True, workers: int = 0,
+                   spec: InputSpec, protocols: list[Protocol], device: torch.device, workers: int = 0,
                    rank: int = 0, world: int = 1, predictions_dir: str | Path | None = None,
                    keep_samples: int = 0) -> SplitResult:
     """Score this rank's share (every ``world``-th image) of ``split`` under each protocol. The caller
@@ -124,7 +144,7 @@ def evaluate_split(model: nn.Module, prepared_dir: str | Path, split: str, *, nu
         check_label(label, num_classes, name)
         image, target = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         for k, protocol in enumerate(protocols):
-            prediction = predict(model, image, protocol, eval_scale, dtype, channels_last)
+            prediction = predict(model, image, protocol, spec)
             matrices[protocol.name].update(prediction, target)
             if k == 0 and predictions_dir is not None:
                 write_png(prediction.to(torch.uint8)[None].cpu(), str(Path(predictions_dir) / name))

@@ -25,12 +25,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NoReturn, Sequence
 
+from deeplab.errors import PipelineError
+
 POOL_ENV = "DEEPLAB_GPUS"  # comma-separated GPU ids this host may hand out (default: all GPUs found)
 LOCK_DIR_ENV = "DEEPLAB_GPU_LOCK_DIR"  # where the slot files live (default: <tmp>/deeplab-gpu-slots)
 
 
-class GpuSlotError(RuntimeError):
+class GpuSlotError(PipelineError):
     """A job asked for GPUs this host cannot give; the message says what to change."""
+
+    exit_code = 1
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from deeplab.transforms import IGNORE_INDEX
+from deeplab.data.labels import IGNORE_INDEX
 
 
 def criterion(outputs: dict[str, torch.Tensor], labels: torch.Tensor, *, aux_weight: float,

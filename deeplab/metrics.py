@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from deeplab.transforms import IGNORE_INDEX
+from deeplab.data.labels import IGNORE_INDEX
 
 
 class ConfusionMatrix:

@@ -1,10 +1,12 @@
 """DeepLabV3+ (Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image
-Segmentation", ECCV 2018, arXiv:1802.02611), built exactly as the reference recipe (shared/RECIPE.md).
+Segmentation", ECCV 2018, arXiv:1802.02611), built exactly as the reference recipe (docs/recipe.md).
 
-    model = deeplabv3plus(backbone="r50", output_stride=8, num_classes=21)
+    model = deeplabv3plus(backbone="r50", output_stride=8, num_classes=21, aspp_rates=(12, 24, 36))
     model(images)["out"]   # (N, classes, H, W) logits at the input's size; "aux" too in training mode
+    model = build_model(cell_config, device)   # the same, with every setting from params/
 
-Parameter counts and forward FLOPs of the reference are stored below as data and tested.
+Parameter counts and forward FLOPs of the reference are stored below as data and tested; the ASPP rates
+and channel widths are recipe numbers and live in params/model.yaml.
 """
 from __future__ import annotations
 
@@ -16,12 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.backbone import ResNet, load_imagenet_weights
+from deeplab.config import CellConfig
+from deeplab.datasets import DatasetError
 
 # Reference parameter counts with 21 classes: (without aux head, with aux head).
 PARAMETER_COUNTS = {"r50": (41_226_213, 45_956_602), "r101": (60_218_341, 64_948_730)}
 # Reference forward GFLOPs at 512x512 (torch.utils.flop_counter), per (backbone, output stride).
 FORWARD_GFLOPS_512 = {("r50", 8): 352.4, ("r50", 16): 119.3, ("r101", 8): 507.5, ("r101", 16): 158.1}
-ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
@@ -112,31 +115,61 @@ class DeepLabV3Plus(nn.Module):
 
 
 def deeplabv3plus(*, backbone: Literal["r50", "r101"] = "r50", output_stride: Literal[8, 16] = 8,
-                  num_classes: int = 21, aux_loss: bool = True, stem: Literal["deep", "standard"] = "deep",
-                  pretrained_backbone: str | Path | None = None, aspp_rates: Sequence[int] | None = None,
+                  num_classes: int = 21, aspp_rates: Sequence[int], aux_loss: bool = True,
+                  stem: Literal["deep", "standard"] = "deep", pretrained_backbone: str | Path | None = None,
                   aspp_channels: int = 512, low_level_channels: int = 48, decoder_channels: int = 512,
                   aux_channels: int = 512, dropout: float = 0.1) -> DeepLabV3Plus:
     """Build DeepLabV3+ with a dilated ResNet-50/101 backbone.
 
     Args:
         backbone: ``"r50"`` or ``"r101"``.
-        output_stride: 8 or 16; sets the backbone's strides and dilations and the default ASPP rates.
+        output_stride: 8 or 16; sets the backbone's strides and dilations.
         num_classes: classes of the dataset (21 VOC, 150 ADE20k, 19 Cityscapes).
         aux_loss: build the auxiliary FCN head on layer3 (``aux_classifier``); used in training only.
         stem: ``"deep"`` (V1c, the recipe) or ``"standard"`` (7x7, for torchvision's ImageNet weights).
         pretrained_backbone: path to the ImageNet checkpoint of that backbone, loaded strictly.
-        aspp_rates: the three atrous rates; default (12, 24, 36) at OS8, (6, 12, 18) at OS16.
+        aspp_rates: the three atrous rates: the recipe has (12, 24, 36) at OS8, (6, 12, 18) at OS16.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     body = ResNet(backbone, output_stride, stem)
     if pretrained_backbone is not None:
         load_imagenet_weights(body, pretrained_backbone)
-    head = DeepLabV3PlusHead(num_classes, aspp_rates or ASPP_RATES[output_stride],
+    head = DeepLabV3PlusHead(num_classes, aspp_rates,
                              aspp_channels=aspp_channels, low_level_channels=low_level_channels,
                              decoder_channels=decoder_channels, dropout=dropout)
     aux = FCNHead(1024, aux_channels, num_classes, dropout) if aux_loss else None
     return DeepLabV3Plus(body, head, aux)
+
+
+def build_model(cfg: CellConfig, device: torch.device, weights: str | Path | None = None,
+                distributed: bool = False) -> DeepLabV3Plus:
+    """The cell's DeepLabV3+ (with its aux head) on ``device``, channels-last if asked; SyncBatchNorm across
+    GPUs (gloo on CPU has no SyncBatchNorm: each process keeps its own statistics)."""
+    model = deeplabv3plus(backbone=cfg.cell.backbone, output_stride=cfg.cell.output_stride,
+                          num_classes=cfg.data.num_classes, aux_loss=True, stem=cfg.model.stem,
+                          pretrained_backbone=weights, aspp_rates=cfg.aspp_rates,
+                          aspp_channels=cfg.model.aspp_channels, low_level_channels=cfg.model.low_level_channels,
+                          decoder_channels=cfg.model.decoder_channels, aux_channels=cfg.model.aux_channels,
+                          dropout=cfg.model.dropout)
+    if distributed and device.type == "cuda":
+        model = convert_sync_batchnorm(model)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def load_trained(cfg: CellConfig, path: Path, device: torch.device) -> DeepLabV3Plus:
+    """A trained model of the cell, in eval mode; refused when it was trained under another resolved config."""
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: train the cell first (python -m pipeline.train --cell "
+                           f"{cfg.cell.id} --preset {cfg.preset.name})")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("digest") != cfg.digest():
+        raise DatasetError(f"{path} was trained under a different resolved config than params/ gives now; "
+                           "retrain the cell (delete the file) or restore the params it was trained with")
+    model = build_model(cfg, device)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
 
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:

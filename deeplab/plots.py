@@ -3,7 +3,6 @@ from train_log.csv, and a grid of image / ground truth / prediction in the datas
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,17 +12,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import torch  # noqa: E402
 
-from deeplab.transforms import IGNORE_INDEX  # noqa: E402
+from deeplab import atomic  # noqa: E402
+from deeplab.data.labels import IGNORE_INDEX  # noqa: E402
 
 
 def _save(fig: Any, path: str | Path) -> Path:
     """Write to a temporary name and rename: a killed job never leaves half a PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        with atomic.replacing(path, "wb", suffix=".png") as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def iou_bars(per_class_iou: dict[str, float | None], path: str | Path, title: str) -> Path:

@@ -1,18 +1,23 @@
 """The results tables: every cell's measured mIoU beside its reference, in the seed table's format.
 
-One section per dataset (PASCAL VOC, ADE20k, CityScapes), one row per cell, columns as in the seed table
-(Backbone, Crop Size, Schedule, Train/Eval Set, mIoU, Download) plus the reference mIoU and the difference.
-Every value comes from the validated params and the cells' ``metrics.json``; a cell without metrics shows
-"-". The same markdown goes into ``<results_dir>/table.md`` and, for the full preset only, between the
-markers in README.md (with links made relative to the README).
+One pandas DataFrame holds a row per cell (the recipe from params, the numbers from its ``metrics.json``,
+the GPU-hours from its training log); the markdown tables are that frame rendered with
+``DataFrame.to_markdown`` (tabulate), one section per dataset with the seed table's columns (Backbone,
+Crop Size, Schedule, Train/Eval Set, mIoU, Download) plus the reference mIoU and the difference. The same
+frame is written as ``summary.csv`` (one row per cell) and its per-class IoU as ``per_class_iou.csv``
+(one row per cell and class). A cell without metrics shows "-" in markdown and empty fields in the CSVs.
 """
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any, Mapping
 
+import pandas as pd
+
 from deeplab.config import DATASETS, Params
+from deeplab.errors import PipelineError
 
 BEGIN = "<!-- results-table:begin -->"
 END = "<!-- results-table:end -->"
@@ -20,9 +25,11 @@ BACKBONE_NAMES = {"r50": "ResNet50", "r101": "ResNet101"}
 PRETRAINED_NAMES = {"imagenet": "ImageNet", "none": "None"}
 POLICY = "poly"  # the recipe's only learning-rate policy (train.yaml: poly_power, min_lr)
 HEADER = ("Backbone", "Crop Size", "Schedule", "Train/Eval Set", "mIoU", "Reference", "Diff", "Download")
+SUMMARY_COLUMNS = ("cell", "dataset", "backbone", "output_stride", "mIoU", "aAcc", "mAcc", "reference_mIoU",
+                   "diff", "seeds", "gpu_hours")
 
 
-class TableError(ValueError):
+class TableError(PipelineError, ValueError):
     """A metrics file or README.md cannot be used; the message names the file and the fix."""
 
 
@@ -30,7 +37,7 @@ def read_metrics(root: Path, params: Params, preset: str) -> dict[str, dict[str,
     """Each cell's ``metrics.json`` under ``preset`` (None where the cell has not been evaluated yet)."""
     found: dict[str, dict[str, Any] | None] = {}
     for cell_id in params.cells:
-        path = root / params.preset(preset).cell_dir(cell_id) / "metrics.json"
+        path = root / params.preset(preset).paths.cell(cell_id).metrics
         if not path.is_file():
             found[cell_id] = None
             continue
@@ -51,41 +58,90 @@ def miou_percent(metrics: Mapping[str, Any], where: Path | str = "metrics.json")
     return float(value)
 
 
-def render(params: Params, preset: str, metrics: Mapping[str, Mapping[str, Any] | None],
-           link_base: str) -> str:
+def gpu_hours(train_log: Path, gpus: int) -> float | None:
+    """Measured training cost: the logged windows' wall time (images / images per s) x GPUs, in hours;
+    None when the cell has no training log (not trained here, or trained before logs had these columns)."""
+    if not train_log.is_file():
+        return None
+    with train_log.open() as f:
+        rows = list(csv.DictReader(f))
+    try:
+        seconds = sum(float(r["images"]) / float(r["images_per_s"]) for r in rows if float(r["images_per_s"]) > 0)
+    except (KeyError, ValueError) as error:
+        raise TableError(f"{train_log}: unreadable training log ({error}); rerun the train stage") from error
+    return seconds * gpus / 3600 if rows else None
+
+
+def cell_frame(params: Params, preset: str, metrics: Mapping[str, Mapping[str, Any] | None],
+               root: Path = Path(".")) -> pd.DataFrame:
+    """One row per cell: what the table shows and what summary.csv holds (NaN where not yet measured)."""
+    rows = []
+    for cell_id, cell in params.cells.items():
+        found = metrics.get(cell_id)
+        miou = miou_percent(found, cell_id) if found is not None else None
+        files = params.preset(preset).paths.cell(cell_id)
+        rows.append({"cell": cell_id, "dataset": cell.dataset, "backbone": cell.backbone,
+                     "output_stride": cell.output_stride, "mIoU": miou,
+                     "aAcc": found.get("aAcc") if found else None, "mAcc": found.get("mAcc") if found else None,
+                     "reference_mIoU": cell.reference_miou,
+                     "diff": miou - cell.reference_miou if miou is not None else None,
+                     "seeds": 1 if found is not None else 0,
+                     "gpu_hours": gpu_hours(root / files.train_log, cell.gpus) if found is not None else None})
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    """CSV text of a frame: numbers with 4 decimals, empty fields where nothing was measured."""
+    return frame.to_csv(index=False, float_format="%.4f", lineterminator="\n")
+
+
+def per_class_frame(params: Params, metrics: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
+    """One row per (evaluated cell, class): the per-class IoU behind each mIoU (empty: class absent)."""
+    rows = [{"cell": cell_id, "dataset": params.cells[cell_id].dataset, "class_index": index, "class": name,
+             "iou": iou}
+            for cell_id, found in metrics.items() if found is not None
+            for index, (name, iou) in enumerate(found.get("per_class_iou", {}).items())]
+    return pd.DataFrame(rows, columns=["cell", "dataset", "class_index", "class", "iou"])
+
+
+def render(params: Params, preset: str, metrics: Mapping[str, Mapping[str, Any] | None], link_base: str,
+           root: Path = Path(".")) -> str:
     """Markdown of the three sections. ``link_base``: path from the table's file to the results folder."""
+    frame = cell_frame(params, preset, metrics, root)
     sections = []
     for dataset in DATASETS:
-        recipe = params.dataset(dataset, preset)
-        rows = [_row(params, preset, cell_id, metrics.get(cell_id), link_base)
-                for cell_id, cell in params.cells.items() if cell.dataset == dataset]
-        lines = [f"#### {recipe.title}", "", _line(HEADER), _line((":-:",) * len(HEADER))]
-        sections.append("\n".join(lines + [_line(row) for row in rows]))
+        rows = frame[frame["dataset"] == dataset]
+        shown = pd.DataFrame([_row(params, preset, row, link_base) for row in rows.itertuples()],
+                             columns=list(HEADER))
+        table = shown.to_markdown(index=False, tablefmt="pipe", colalign=("center",) * len(HEADER),
+                                  disable_numparse=True)
+        sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{table}")
     return "\n\n".join(sections) + "\n"
 
 
-def _row(params: Params, preset: str, cell_id: str, metrics: Mapping[str, Any] | None,
-         link_base: str) -> tuple[str, ...]:
-    config = params.resolve(cell_id, preset)
+def _row(params: Params, preset: str, row: Any, link_base: str) -> tuple[str, ...]:
+    config = params.resolve(row.cell, preset)
     cell, data = config.cell, config.data
-    backbone = (f"{BACKBONE_NAMES[cell.backbone]} (OS={cell.output_stride}, "
-                f"PRE={PRETRAINED_NAMES[config.model.pretrained]})")
+    pretrained = PRETRAINED_NAMES[config.model.pretrained]
+    if config.preset.synthetic and config.model.pretrained == "imagenet":
+        pretrained = "Synthetic"  # the synthetic presets' backbone checkpoint is random, not ImageNet
+    backbone = f"{BACKBONE_NAMES[cell.backbone]} (OS={cell.output_stride}, PRE={pretrained})"
     crop = f"{data.crop_size[0]}x{data.crop_size[1]}"
     schedule = f"LR/POLICY/BS/EPOCH: {_number(config.train.lr)}/{POLICY}/{data.batch_size}/{data.epochs}"
     sets = f"{data.train_set_name}/{data.val_set_name}"
     reference = f"{cell.reference_miou:.2f}%"
-    if metrics is None:
+    if pd.isna(row.mIoU):
         return backbone, crop, schedule, sets, "-", reference, "-", "-"
-    miou = miou_percent(metrics, cell_id)
-    base = f"{link_base}/{cell_id}" if link_base else cell_id
-    download = " &#124; ".join(f"[{name}]({base}/{file})" for name, file in
-                               (("cfg", "config.yaml"), ("model", "model.pt"), ("log", "train_log.csv")))
-    diff = miou - cell.reference_miou
-    return backbone, crop, schedule, sets, f"{miou:.2f}%", reference, f"{diff:+.2f}", download
+    files = config.preset.paths.cell(row.cell)
+    download = " &#124; ".join(f"[{name}]({_link(path, config.preset.results_dir, link_base)})" for name, path
+                               in (("cfg", files.config), ("model", files.model), ("log", files.train_log)))
+    return backbone, crop, schedule, sets, f"{row.mIoU:.2f}%", reference, f"{row.diff:+.2f}", download
 
 
-def _line(cells: tuple[str, ...]) -> str:
-    return "| " + " | ".join(cells) + " |"
+def _link(path: str, results_dir: str, link_base: str) -> str:
+    """``path`` (under the results folder) as a link from a file whose path to that folder is ``link_base``."""
+    relative = Path(path).relative_to(results_dir).as_posix()
+    return f"{link_base}/{relative}" if link_base else relative
 
 
 def _number(value: float) -> str:

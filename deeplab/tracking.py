@@ -8,8 +8,8 @@ locked database) instead of killing a training job. ``mlflow`` is imported lazil
 Every call runs on one background thread, in order: the 3-4 s import and the store's start-up overlap
 the job's own work instead of delaying it; :meth:`Tracker.end` waits for the queue to drain.
 
-The run id is kept in ``<cell dir>/mlflow_run_id``: a resumed training job and the evaluation stage
-reattach to that run rather than opening new ones.
+The run id is kept in the cell's ``run_id`` file (deeplab.paths): a resumed training job and the
+evaluation stage reattach to that run rather than opening new ones.
 """
 from __future__ import annotations
 
@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deeplab import atomic
-
-RUN_ID_FILE = "mlflow_run_id"
+from deeplab.paths import CellFiles
 # An unreachable HTTP server blocks ~245 s with MLflow's default retries: fail fast instead.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -113,7 +112,7 @@ class Tracker:
     def _start(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         mlflow = _mlflow()
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
-        id_file = self.cell_dir / RUN_ID_FILE
+        id_file = Path(CellFiles(str(self.cell_dir)).run_id)
         if id_file.is_file() and self._reattach(id_file.read_text().strip()):
             pass
         else:

@@ -1,6 +1,6 @@
-"""Training of one table cell, per the recipe (shared/RECIPE.md), resumable and preemption-safe.
+"""Training of one table cell, per the recipe (docs/recipe.md), resumable and preemption-safe.
 
-The verbs: :func:`build_model`, :func:`make_loader`, :func:`device_batch`, :func:`train_iteration`,
+The verbs: :func:`make_loader`, :func:`device_batch`, :func:`train_iteration`,
 :func:`save_checkpoint` / :func:`resume`, and :func:`train`, which runs them. Every random choice is a
 function of (seed, iteration): the data order and augmentation through the sampler, dropout through a
 per-iteration reseed, so a run killed and resumed from a checkpoint ends bit-identical on CPU.
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -22,65 +22,37 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from deeplab.checkpoint import LAST, FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
+from deeplab import atomic
+from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
 from deeplab.config import CellConfig
+from deeplab.data.labels import IGNORE_INDEX
 from deeplab.datasets import GlobalBatchSampler, TrainDataset
 from deeplab.distributed import Context, any_rank, barrier, sum_tensor
+from deeplab.errors import PipelineError
 from deeplab.losses import criterion
-from deeplab.model import convert_sync_batchnorm, deeplabv3plus
+from deeplab.model import build_model
+from deeplab.paths import CellFiles
+from deeplab.precision import configure_backends, resolve_precision
 from deeplab.schedule import build_optimizer, build_scheduler
-from deeplab.transforms import normalize, photometric_distortion, sample_seed
+from deeplab.transforms import Augmentation, normalize, photometric_distortion, sample_seed
 
 LOG_FIELDS = ("iteration", "loss", "main_loss", "aux_loss", "lr", "images", "images_per_s", "peak_memory_mb")
 DROPOUT_SLOT = 1 << 20  # sample_seed slot of the per-iteration dropout seed, apart from the sample slots
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(PipelineError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
 
+    exit_code = 1
 
-class Interrupted(RuntimeError):
-    """SIGTERM / SIGINT arrived; a checkpoint was written and the job stopped."""
+
+class Interrupted(PipelineError):
+    """SIGTERM / SIGINT arrived; a checkpoint was written and the job stopped (exit 128 + signal)."""
 
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.signum = signum
-
-
-def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype, or None for fp32. ``auto``: bf16 on GPUs that have it, fp16 on older GPUs, fp32
-    on CPU; an explicit bf16 / fp16 / fp32 is honoured on any device."""
-    if setting == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[setting]
-
-
-def configure_backends(cfg: CellConfig, device: torch.device, dtype: torch.dtype | None) -> None:
-    """Determinism, cudnn autotuning, and TF32 only when the run is not strict fp32."""
-    if cfg.train.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = not cfg.train.deterministic
-    torch.backends.cuda.matmul.allow_tf32 = dtype is not None
-    torch.backends.cudnn.allow_tf32 = dtype is not None
-
-
-def build_model(cfg: CellConfig, device: torch.device, weights: str | Path | None = None,
-                distributed: bool = False) -> nn.Module:
-    """DeepLabV3+ of the cell (with its aux head), on ``device``, channels-last if asked; SyncBatchNorm
-    across GPUs (gloo on CPU has no SyncBatchNorm: each process keeps its own statistics)."""
-    model = deeplabv3plus(backbone=cfg.cell.backbone, output_stride=cfg.cell.output_stride,
-                          num_classes=cfg.data.num_classes, aux_loss=True, stem=cfg.model.stem,
-                          pretrained_backbone=weights, aspp_rates=cfg.aspp_rates,
-                          aspp_channels=cfg.model.aspp_channels, low_level_channels=cfg.model.low_level_channels,
-                          decoder_channels=cfg.model.decoder_channels, aux_channels=cfg.model.aux_channels,
-                          dropout=cfg.model.dropout)
-    if distributed and device.type == "cuda":
-        model = convert_sync_batchnorm(model)
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+        self.exit_code = 128 + signum
 
 
 def accumulation_steps(share: int, max_micro_batch: int) -> int:
@@ -93,8 +65,7 @@ def accumulation_steps(share: int, max_micro_batch: int) -> int:
 def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: int, stop: int) -> DataLoader:
     """This rank's micro-batches for iterations start..stop-1, decoded and augmented by the workers."""
     data = cfg.data
-    dataset = TrainDataset(prepared_dir, data.train_split, base_scale=data.base_scale,
-                           ratio_range=data.ratio_range, crop=data.crop_size, cat_max_ratio=data.cat_max_ratio)
+    dataset = TrainDataset(prepared_dir, data.train_split, Augmentation.of(cfg))
     accumulation = accumulation_steps(data.batch_size // ctx.world, cfg.train.max_micro_batch)
     sampler = GlobalBatchSampler(len(dataset), data.batch_size, seed=cfg.train.seed, start=start, stop=stop,
                                  rank=ctx.rank, world=ctx.world, accumulation=accumulation)
@@ -105,12 +76,13 @@ def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: 
 
 
 def device_batch(batch: dict[str, torch.Tensor], device: torch.device,
-                 channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 cfg: CellConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 worker output -> normalised float images (N, 3, H, W) and uint8 labels (N, H, W) on the
     device; the photometric distortion and normalisation run here, on the whole batch."""
     images = batch["image"].to(device, non_blocking=True).float()
-    images = normalize(photometric_distortion(images, batch["photometric"]), batch["valid_hw"])
-    if channels_last:
+    images = normalize(photometric_distortion(images, batch["photometric"]), cfg.train.mean, cfg.train.std,
+                       batch["valid_hw"])
+    if cfg.train.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, batch["label"].to(device, non_blocking=True)
 
@@ -122,8 +94,8 @@ def train_iteration(model: nn.Module, micro_batches: list[dict[str, torch.Tensor
     device (no host sync). Micro-batch losses are divided by the share's valid-pixel count, so
     accumulation gives the gradient of the whole share."""
     optimizer.zero_grad(set_to_none=True)
-    batches = [device_batch(b, device, cfg.train.channels_last) for b in micro_batches]
-    valid = sum((labels != 255).sum() for _, labels in batches)
+    batches = [device_batch(b, device, cfg) for b in micro_batches]
+    valid = sum((labels != IGNORE_INDEX).sum() for _, labels in batches)
     totals = torch.zeros(3, device=device)
     for k, (images, labels) in enumerate(batches):
         sync = k == len(batches) - 1 or not isinstance(model, DistributedDataParallel)
@@ -155,7 +127,7 @@ class State:
 def save_checkpoint(state: State, cfg: CellConfig, path: Path) -> None:
     atomic_save({"model": state.bare_model().state_dict(), "optimizer": state.optimizer.state_dict(),
                  "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
-                 "rng": rng_state(), "iteration": state.iteration, "data_position": state.iteration,
+                 "rng": rng_state(), "iteration": state.iteration,
                  "digest": cfg.digest(), "config": cfg.to_dict()}, path)
 
 
@@ -193,12 +165,11 @@ class TrainLog:
             self._write()
 
     def _write(self) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=LOG_FIELDS)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic.write_text(self.path, text.getvalue())
 
 
 class StopSignals:
@@ -334,15 +305,14 @@ def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) ->
                  "config": cfg.to_dict(), "iteration": iteration}, path)
 
 
-def train(cfg: CellConfig, *, prepared_dir: str | Path, cell_dir: str | Path, ctx: Context, max_iters: int,
+def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: Context, max_iters: int,
           weights: str | Path | None = None, on_metrics: Logger = lambda m, s: None,
           on_validate: Callable[[nn.Module, int], None] = lambda model, it: None) -> Path:
-    """Train one cell into ``cell_dir`` (resuming from ``checkpoints/last.pt`` if present); return the
-    path of ``model.pt``. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points."""
-    cell_dir = Path(cell_dir)
-    checkpoint = cell_dir / "checkpoints" / LAST
+    """Train one cell into ``files`` (resuming from its checkpoint if present); return the path of the
+    final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points."""
+    checkpoint = Path(files.checkpoint)
     dtype = resolve_precision(cfg.train.precision, ctx.device)
-    configure_backends(cfg, ctx.device, dtype)
+    configure_backends(dtype, deterministic=cfg.train.deterministic)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, ctx.device, weights, ctx.distributed)
     optimizer = build_optimizer(model, cfg.train)
@@ -353,13 +323,13 @@ def train(cfg: CellConfig, *, prepared_dir: str | Path, cell_dir: str | Path, ct
         if ctx.distributed:
             state.model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
                                                   else None)
-        log = TrainLog(cell_dir / "train_log.csv", enabled=ctx.is_main)
+        log = TrainLog(Path(files.train_log), enabled=ctx.is_main)
         log.open(state.iteration)
         state.model.train()
         loader = make_loader(cfg, prepared_dir, ctx, state.iteration, max_iters)
         run_iterations(state, loader, cfg, ctx, max_iters, checkpoint, log, on_metrics,
                        lambda it: _validate(state, on_validate, it), dtype)
-        final = cell_dir / "model.pt"
+        final = Path(files.model)
         if ctx.is_main:
             save_final(state.bare_model(), cfg, final, state.iteration)
             checkpoint.unlink(missing_ok=True)  # the final weights supersede it; checkpoints are large

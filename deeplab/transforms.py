@@ -1,4 +1,4 @@
-"""Joint (image, label) transforms of the training recipe (shared/RECIPE.md), in the reference's order:
+"""Joint (image, label) transforms of the training recipe (docs/recipe.md), in the reference's order:
 random keep-ratio rescale, random crop with the single-class rule, horizontal flip, photometric
 distortion, normalisation, padding to the crop size (image 0, label ignore).
 
@@ -14,18 +14,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = 255
-MEAN = (123.675, 116.28, 103.53)  # ImageNet mean of 0-255 RGB
-STD = (58.395, 57.12, 57.375)
-BRIGHTNESS_DELTA = 32.0
-CONTRAST_RANGE = (0.5, 1.5)
-SATURATION_RANGE = (0.5, 1.5)
-HUE_DELTA = 18  # in OpenCV's 8-bit hue units (0-180), as the reference: +-36 degrees
-CROP_TRIES = 10  # the crop is re-drawn up to this many times while one class dominates
+from deeplab.config import CellConfig
+from deeplab.data.labels import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """The numbers of one cell's training augmentation (params: datasets.yaml and train.yaml)."""
+
+    base_scale: tuple[int, int]          # keep-ratio resize target before the random ratio
+    ratio_range: tuple[float, float]     # random rescale factor of the base scale
+    crop: tuple[int, int]                # (h, w)
+    cat_max_ratio: float                 # re-draw the crop while one class covers more than this share
+    crop_tries: int
+    flip_prob: float
+    brightness_delta: float
+    contrast_range: tuple[float, float]
+    saturation_range: tuple[float, float]
+    hue_delta: int                       # OpenCV's 8-bit hue units (0-180)
+
+    @classmethod
+    def of(cls, cfg: CellConfig) -> "Augmentation":
+        data, train = cfg.data, cfg.train
+        return cls(data.base_scale, data.ratio_range, data.crop_size, data.cat_max_ratio, train.crop_tries,
+                   train.flip_prob, train.brightness_delta, train.contrast_range, train.saturation_range,
+                   train.hue_delta)
 
 
 def _uniform(gen: torch.Generator, low: float, high: float) -> float:
@@ -67,11 +85,11 @@ def random_rescale(image: torch.Tensor, label: torch.Tensor, base_scale: tuple[i
 
 
 def random_crop(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int], cat_max_ratio: float,
-                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crop of at most ``crop`` (h, w); re-drawn up to 10 times while one class covers more than
-    ``cat_max_ratio`` of the crop's non-ignored pixels (or it holds a single class), as the reference."""
+                gen: torch.Generator, tries: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crop of at most ``crop`` (h, w); re-drawn up to ``tries`` times while one class covers more
+    than ``cat_max_ratio`` of the crop's non-ignored pixels (or it holds a single class), as the reference."""
     height, width = label.shape
-    for _ in range(CROP_TRIES):
+    for _ in range(tries):
         top = _randint(gen, 0, max(height - crop[0], 0) + 1)
         left = _randint(gen, 0, max(width - crop[1], 0) + 1)
         window = label[top:top + crop[0], left:left + crop[1]]
@@ -115,14 +133,14 @@ class Photometric:
                              self.saturation, self.hue], dtype=torch.float32)
 
 
-def draw_photometric(gen: torch.Generator) -> Photometric:
+def draw_photometric(gen: torch.Generator, aug: Augmentation) -> Photometric:
     """Draw the reference's PhotoMetricDistortion: each of brightness, contrast, saturation and hue is
     applied with probability 1/2; contrast comes first or last with probability 1/2."""
-    brightness = _uniform(gen, -BRIGHTNESS_DELTA, BRIGHTNESS_DELTA) if _randint(gen, 0, 2) else 0.0
+    brightness = _uniform(gen, -aug.brightness_delta, aug.brightness_delta) if _randint(gen, 0, 2) else 0.0
     contrast_first = bool(_randint(gen, 0, 2))
-    contrast = _uniform(gen, *CONTRAST_RANGE) if _randint(gen, 0, 2) else 1.0
-    saturation = _uniform(gen, *SATURATION_RANGE) if _randint(gen, 0, 2) else 1.0
-    hue = float(_randint(gen, -HUE_DELTA, HUE_DELTA + 1)) if _randint(gen, 0, 2) else 0.0
+    contrast = _uniform(gen, *aug.contrast_range) if _randint(gen, 0, 2) else 1.0
+    saturation = _uniform(gen, *aug.saturation_range) if _randint(gen, 0, 2) else 1.0
+    hue = float(_randint(gen, -aug.hue_delta, aug.hue_delta + 1)) if _randint(gen, 0, 2) else 0.0
     return Photometric(brightness, contrast, contrast_first, saturation, hue)
 
 
@@ -167,12 +185,13 @@ def photometric_distortion(images: torch.Tensor, params: torch.Tensor) -> torch.
     return torch.where(first > 0, x, (x * contrast).clamp_(0, 255))
 
 
-def normalize(images: torch.Tensor, valid_hw: torch.Tensor | None = None) -> torch.Tensor:
-    """(N, 3, H, W) float in [0, 255] -> normalised with the ImageNet mean/std. With ``valid_hw`` (N, 2),
-    pixels beyond each sample's valid height/width (its padding) are set to 0 after normalisation, which
-    equals padding the normalised image with 0 as the reference does."""
-    mean = torch.tensor(MEAN, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+              valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+    """(N, 3, H, W) float in [0, 255] -> normalised with the per-channel ``mean``/``std`` (train.yaml). With
+    ``valid_hw`` (N, 2), pixels beyond each sample's valid height/width (its padding) are set to 0 after
+    normalisation, which equals padding the normalised image with 0 as the reference does."""
+    mean = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     x = (images - mean) / std
     if valid_hw is not None:
         rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1)
@@ -183,19 +202,17 @@ def normalize(images: torch.Tensor, valid_hw: torch.Tensor | None = None) -> tor
     return x
 
 
-def train_sample(image: torch.Tensor, label: torch.Tensor, *, base_scale: tuple[int, int],
-                 ratio_range: tuple[float, float], crop: tuple[int, int], cat_max_ratio: float,
-                 seed: int) -> dict[str, torch.Tensor]:
+def train_sample(image: torch.Tensor, label: torch.Tensor, aug: Augmentation, seed: int) -> dict[str, torch.Tensor]:
     """The worker side of the training chain for one sample: rescale, crop, flip, pad, and the drawn
     photometric parameters. Returns uint8 ``image`` (3, h, w), ``label`` (h, w), ``valid_hw`` (2,) and
     ``photometric`` (5,); the batch side is :func:`photometric_distortion` then :func:`normalize`."""
     gen = torch.Generator().manual_seed(seed)
-    image, label = random_rescale(image, label, base_scale, ratio_range, gen)
-    image, label = random_crop(image, label, crop, cat_max_ratio, gen)
-    image, label = random_flip(image, label, gen)
-    photometric = draw_photometric(gen)
+    image, label = random_rescale(image, label, aug.base_scale, aug.ratio_range, gen)
+    image, label = random_crop(image, label, aug.crop, aug.cat_max_ratio, gen, aug.crop_tries)
+    image, label = random_flip(image, label, gen, aug.flip_prob)
+    photometric = draw_photometric(gen, aug)
     valid_hw = torch.tensor(image.shape[-2:], dtype=torch.int32)
-    image, label = pad(image, label, crop)
+    image, label = pad(image, label, aug.crop)
     return {"image": image.contiguous(), "label": label.contiguous(), "valid_hw": valid_hw,
             "photometric": photometric.as_tensor()}
 

@@ -13,8 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from deeplab.config import ParamsError, load_params
-from deeplab.gpus import GpuSlotError, default_lock_dir, exec_with_gpus, module_command
+from deeplab.config import load_params
+from deeplab.gpus import default_lock_dir, exec_with_gpus, module_command
+from pipeline import stage
 
 
 def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -25,9 +26,9 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     return argv, []
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     own, job = split_argv(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m pipeline.gpu_slot", description=__doc__.splitlines()[0],
                                      usage="%(prog)s (--gpus N | --cell ID) (-m MODULE ... | -- COMMAND ...)")
     count = parser.add_mutually_exclusive_group(required=True)
     count.add_argument("--gpus", type=int, help="GPU slots the job needs")
@@ -39,18 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(own)
     if not job[1:]:
         parser.error("give the job after the options: -m MODULE [ARGS] or -- COMMAND [ARGS]")
-    try:
-        gpus = args.gpus if args.cell is None else load_params(args.params).cells[args.cell].gpus
-    except KeyError:
-        parser.error(f"unknown cell '{args.cell}' (see {args.params}/cells.yaml)")
-    except ParamsError as error:
-        sys.exit(f"pipeline.gpu_slot: {error}")
-    command = module_command(job[1], job[2:], gpus, sys.executable) if job[0] == "-m" else job[1:]
-    try:
-        exec_with_gpus(gpus, command, lock_dir=args.lock_dir, poll_s=args.poll)
-    except GpuSlotError as error:
-        sys.exit(f"pipeline.gpu_slot: {error}")
+
+    def work() -> None:
+        gpus = args.gpus if args.cell is None else load_params(args.params).resolve(args.cell).cell.gpus
+        command = module_command(job[1], job[2:], gpus, sys.executable) if job[0] == "-m" else job[1:]
+        exec_with_gpus(gpus, command, lock_dir=args.lock_dir, poll_s=args.poll)  # replaces this process
+    return stage.run("gpu_slot", work)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

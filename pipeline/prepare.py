@@ -1,49 +1,37 @@
-"""Prepare stage: official archives in RAW -> a prepared dataset folder OUT (see deeplab.data.prepare).
+"""Stage: a dataset's official archives (the preset's raw folder) -> its prepared folder.
 
-    python -m pipeline.prepare --dataset {voc,ade20k,cityscapes} --raw RAW --out OUT [--expect-official-counts]
+    python -m pipeline.prepare --dataset {voc,ade20k,cityscapes} --preset PRESET [--params DIR] [--workers N]
+
+Safe extraction, labels converted to single-channel PNGs of class indices (255 = ignore), split lists and,
+written last, meta.json (see deeplab.data.prepare). A preset with ``expect_official_counts: true`` (the
+full preset) fails unless the splits have the official sizes of params/datasets.yaml.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
-from deeplab.config import DATASETS, ParamsError, load_params
-from deeplab.data.extract import UnsafeArchiveError
-from deeplab.data.layouts import LayoutError
-from deeplab.data.prepare import PrepareError, prepare
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.prepare", description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
-    parser.add_argument("--raw", required=True, type=Path, help="folder holding the official archives")
-    parser.add_argument("--out", required=True, type=Path, help="prepared folder to (re)build")
-    parser.add_argument("--expect-official-counts", action="store_true",
-                        help="fail unless the split sizes are the official ones (params/datasets.yaml)")
-    parser.add_argument("--params", type=Path, default=Path("params"),
-                        help="parameter folder holding datasets.yaml (default: params)")
-    parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: all CPUs)")
-    return parser.parse_args(argv)
+from deeplab.config import DATASETS
+from deeplab.data.prepare import prepare
+from pipeline import stage
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        expected = load_params(args.params).datasets[args.dataset].expected_counts \
-            if args.expect_official_counts else None
-    except ParamsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        meta = prepare(args.dataset, args.raw, args.out, expected_counts=expected, workers=args.workers)
-    except (PrepareError, LayoutError, UnsafeArchiveError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    print(f"{args.out}: {meta['counts']['train']} train, {meta['counts']['val']} val, "
-          f"{meta['num_classes']} classes")
-    return 0
+    parser = stage.parser("prepare", __doc__)
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--workers", type=int, default=None, help="conversion processes (default: all CPUs)")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        params = stage.params(args)
+        preset = params.preset(args.preset)
+        expected = params.datasets[args.dataset].expected_counts if preset.expect_official_counts else None
+        out = Path(preset.paths.prepared_dir(args.dataset))
+        meta = prepare(args.dataset, Path(preset.paths.raw_dir(args.dataset)), out, expected_counts=expected,
+                       workers=args.workers)
+        print(f"pipeline.prepare: {out}: {meta['counts']['train']} train, {meta['counts']['val']} val, "
+              f"{meta['num_classes']} classes")
+    return stage.run("prepare", work)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -48,7 +48,9 @@ def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checko
         assert re.search(r"resources: .*\bgpu=1\b", block), block
         assert re.search(r"\bmem_mb=\d+", block) and re.search(r"\bruntime=\d+", block), block
         assert "pipeline.gpu_slot --cell" in block and "-m pipeline.train --cell" in block, block
-        assert "--preset full" in block and "data/raw/weights/manifest-r" in block, block
+        cell = re.search(r"wildcards: cell=(\S+)", block).group(1)  # type: ignore[union-attr]
+        weights = PARAMS.preset("full").paths.weights_manifest(PARAMS.cells[cell].backbone)
+        assert "--preset full" in block and weights in block, block
     counts = Counter(re.findall(r"(?m)^(?:local)?rule (\w+):", out))
     assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "init_tracking": 1,
                       "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
@@ -56,7 +58,7 @@ def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checko
 
 def test_smoke_dry_run_stays_inside_the_smoke_folders(checkout: Path) -> None:
     out = _dry_run(checkout, "results/smoke/table.md", "--config", "preset=smoke")
-    assert len(_job_blocks(out, "train_cell")) == 12 and "download_weights" not in out  # trains from scratch
+    assert len(_job_blocks(out, "train_cell")) == 12 and len(_job_blocks(out, "download_weights")) == 2
     paths = set(re.findall(r"(?:data|results|logs)/[\w./-]+", out))
     assert paths and all(p.startswith(("data/smoke/", "results/smoke/", "logs/smoke/")) for p in paths), paths
 
@@ -107,38 +109,35 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
             assert not key_list.startswith("./"), stage.addressing  # ./ makes DVC see a change forever
 
 
-def test_dvc_smoke_pipeline_is_the_full_one_on_the_smoke_folders(checkout: Path) -> None:
-    """smoke/dvc.yaml: the full stages minus ImageNet weights and the official-count check."""
+def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> None:
+    """smoke/dvc.yaml is dvc.yaml on the smoke preset's folders, and the check catches a hand edit or a path
+    of dvc.yaml that is not deeplab.paths'."""
     stages = _dvc_stages(checkout)
     smoke = {name.removeprefix("smoke/dvc.yaml:"): s for name, s in stages.items() if name.startswith("smoke/")}
     full = {name: s for name, s in stages.items() if not name.startswith("smoke/")}
-    assert set(smoke) == {name for name in full if not name.startswith("download_weights@")}
-    preset = PARAMS.preset("smoke")
-
-    def as_smoke(text: str) -> str:
-        text = re.sub(r"\bpresets\.full\b", "presets.smoke", text.replace(" --expect-official-counts", ""))
-        text = re.sub(r"(?<![\w/])results/", f"{preset.results_dir}/",
-                      re.sub(r"(?<![\w/])data/", f"{preset.data_dir}/", text))
-        return text.replace("--preset full", "--preset smoke")
-
+    assert set(smoke) == set(full)
+    paths = PARAMS.preset("smoke").paths
     for name, stage in smoke.items():
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
-        assert stage.cmd == as_smoke(full[name].cmd), name
-        expected_deps = [as_smoke(d.def_path) for d in full[name].deps if "ParamsDependency" not in type(d).__name__
-                         and "/weights/" not in d.def_path]
-        assert [d.def_path for d in stage.deps if type(d).__name__ != "ParamsDependency"] == expected_deps, name
-        expected_params = {f: [as_smoke(k) for k in keys] for f, keys in _params(full[name]).items()
-                           if not name.startswith("prepare_dataset@")}
-        assert _params(stage) == expected_params, name
-        assert [o.def_path for o in stage.outs] == [as_smoke(o.def_path) for o in full[name].outs], name
+        assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke"), name
+    assert {o.def_path for o in smoke["evaluate_cell@voc-r50-8"].outs} == {paths.cell("voc-r50-os8").metrics}
+    check = [sys.executable, "-m", "pipeline.dvc_presets", "--check"]
+    assert subprocess.run(check, cwd=checkout, capture_output=True, env=_env()).returncode == 0
+    generated = checkout / "smoke" / "dvc.yaml"
+    generated.write_text(generated.read_text().replace("persist: true", "persist: false", 1))
+    stale = subprocess.run(check, cwd=checkout, capture_output=True, text=True, env=_env())
+    assert stale.returncode == 1 and "smoke/dvc.yaml is stale" in stale.stderr
+    subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=checkout, check=True, env=_env())
+    pipeline = checkout / "dvc.yaml"
+    original = pipeline.read_text()
+    pipeline.write_text(original.replace("/metrics.json:", "/scores.json:", 1))
+    wrong = subprocess.run(check, cwd=checkout, capture_output=True, text=True, env=_env())
+    pipeline.write_text(original)
+    assert wrong.returncode == 1 and "stage evaluate_cell" in wrong.stderr and "scores.json" in wrong.stderr
 
 
-def test_dvc_preset_folders_match_params(checkout: Path) -> None:
-    import yaml
-    for path, name in ((checkout / "dvc.yaml", "full"), (checkout / "smoke" / "dvc.yaml", "smoke")):
-        (variables,) = yaml.safe_load(path.read_text())["vars"]
-        preset = PARAMS.preset(name)
-        assert variables == {"preset": name, "data": preset.data_dir, "results": preset.results_dir}, path
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
 # --- GPU slots ---------------------------------------------------------------------------------------------
@@ -233,8 +232,8 @@ def test_table_check_fails_on_a_stale_readme(checkout: Path, tmp_path: Path) -> 
     original = readme.read_text()
     try:
         readme.write_text(original.replace("77.43%", "77.44%", 1))
-        result = subprocess.run([sys.executable, "-m", "pipeline.table", "--check"], cwd=checkout,
-                                capture_output=True, text=True)
+        result = subprocess.run([sys.executable, "-m", "pipeline.table", "--preset", "full", "--check"],
+                                cwd=checkout, capture_output=True, text=True, env=_env())
         assert result.returncode == 1 and "out of date: README.md" in result.stderr
         assert "python -m pipeline.table --preset full" in result.stderr
     finally:
@@ -244,7 +243,7 @@ def test_table_check_fails_on_a_stale_readme(checkout: Path, tmp_path: Path) -> 
 # --- job sizes ----------------------------------------------------------------------------------------------
 
 def test_compute_budget_matches_the_recipe() -> None:
-    """shared/RECIPE.md: VOC shows 634,560 images, the whole table is about 1.6e19 FLOPs."""
+    """docs/recipe.md: VOC shows 634,560 images, the whole table is about 1.6e19 FLOPs."""
     from deeplab.budget import gpu_hours, training_flops, training_images
     assert training_images(PARAMS.resolve("voc-r50-os8")) == 634_560
     assert training_images(PARAMS.resolve("cityscapes-r101-os16")) == 654_720

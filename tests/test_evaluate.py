@@ -11,12 +11,18 @@ from torch import nn
 
 import pipeline.evaluate
 from deeplab.config import load_params
-from deeplab.evaluate import MULTI_SCALE_FLIP, SINGLE_SCALE, _windows, predict, sliding_window
-from deeplab.train import build_model, save_final
-from deeplab.transforms import MEAN
-from tests.train_fixtures import project  # noqa: F401  (fixture)
+from deeplab.evaluate import SINGLE_SCALE, InputSpec, _windows, multi_scale, predict, sliding_window
+from deeplab.model import build_model
+from deeplab.train import save_final
+from tests.train_fixtures import ROOT, project  # noqa: F401  (fixture)
 
 CELL = "voc-r50-os16"
+PARAMS = load_params(ROOT / "params")
+TRAIN = PARAMS.train
+
+
+def spec(eval_scale: tuple[int, int] | None, mean: tuple[float, ...] = TRAIN.mean) -> InputSpec:
+    return InputSpec(eval_scale, mean, TRAIN.std, dtype=None, channels_last=False)
 
 
 class ColourModel(nn.Module):
@@ -31,13 +37,19 @@ def test_protocols_predict_at_the_label_size() -> None:
     image = torch.zeros(3, 30, 50, dtype=torch.uint8)
     image[0, :, 20:] = 255                                   # right part red: class 1
     expected = (torch.arange(50) >= 20).long().expand(30, 50)
-    for protocol in (SINGLE_SCALE, MULTI_SCALE_FLIP, sliding_window((16, 16))):
-        prediction = predict(ColourModel(), image, protocol, (64, 24), channels_last=False)
+    for protocol in (SINGLE_SCALE, multi_scale(PARAMS.evaluate), sliding_window((16, 16))):
+        prediction = predict(ColourModel(), image, protocol, spec((64, 24)))
         assert prediction.shape == (30, 50)
         assert (prediction != expected).float().mean() < 0.05, protocol.name  # only at the resized edge
-    native = predict(ColourModel(), image, SINGLE_SCALE, None, channels_last=False)
+    native = predict(ColourModel(), image, SINGLE_SCALE, spec(None))
     assert torch.equal(native, expected)
-    assert MEAN[0] < 255
+
+
+def test_inputs_are_normalised_with_the_params_mean() -> None:
+    """Red 110 is below the recipe's red mean (123.675): class 0; with a mean of 100 it is above: class 1."""
+    image = torch.full((3, 8, 8), 110, dtype=torch.uint8)
+    assert predict(ColourModel(), image, SINGLE_SCALE, spec(None)).eq(0).all()
+    assert predict(ColourModel(), image, SINGLE_SCALE, spec(None, mean=(100.0, 0.0, 0.0))).eq(1).all()
 
 
 def test_windows_cover_the_image() -> None:
@@ -58,7 +70,7 @@ def test_stage_writes_metrics_pictures_and_predictions(project: Path, monkeypatc
     metrics = json.loads((cell_dir / "metrics.json").read_text())
     assert set(metrics["per_class_iou"]) == {f"class {k}" for k in range(5)}
     assert metrics["images"] == 3 and 0 <= metrics["mIoU"] <= 100 and metrics["seconds"] > 0
-    assert set(metrics["extra"]) == {"multi-scale+flip", "sliding-window"}
+    assert set(metrics["extra"]) == {multi_scale(cfg.evaluate).name, "sliding-window"} and cfg.evaluate.ms_flip
     assert set(metrics["provenance"]) >= {"git_commit", "git_dirty", "data_manifest", "config_digest", "mlflow_run_id"}
     assert metrics["provenance"]["config_digest"] == cfg.digest()
     for picture in ("iou_per_class.png", "learning_curves.png", "predictions.png"):

@@ -11,15 +11,23 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models import resnet50
 
 from deeplab.backbone import ResNet, WeightsMismatchError, load_imagenet_weights
-from deeplab.model import (FORWARD_GFLOPS_512, PARAMETER_COUNTS, convert_sync_batchnorm, count_parameters,
-                           deeplabv3plus)
+from deeplab.config import load_params
+from deeplab.model import (FORWARD_GFLOPS_512, PARAMETER_COUNTS, build_model, convert_sync_batchnorm,
+                           count_parameters, deeplabv3plus)
 
 VARIANTS = [(b, s) for b in ("r50", "r101") for s in (8, 16)]
+PARAMS = load_params(Path(__file__).resolve().parent.parent / "params")
+
+
+def build(*, output_stride: int = 8, **kwargs) -> nn.Module:
+    """deeplabv3plus with the recipe's ASPP rates for ``output_stride`` (params/model.yaml)."""
+    rates = PARAMS.resolve(f"voc-r50-os{output_stride}").aspp_rates
+    return deeplabv3plus(output_stride=output_stride, aspp_rates=rates, **kwargs)
 
 
 def _meta_model(backbone: str, stride: int, **kwargs) -> nn.Module:
     with torch.device("meta"):  # shapes and counts without allocating or computing anything
-        return deeplabv3plus(backbone=backbone, output_stride=stride, num_classes=21, **kwargs)
+        return build(backbone=backbone, output_stride=stride, num_classes=21, **kwargs)
 
 
 @pytest.mark.parametrize("backbone, stride", VARIANTS)
@@ -64,28 +72,29 @@ def test_dilations_and_feature_strides(stride: int, layer3: list[int], layer4: l
 
 @pytest.mark.parametrize("stride, rates", [(8, [12, 24, 36]), (16, [6, 12, 18])])
 def test_aspp_is_separable_with_the_recipe_rates(stride: int, rates: list[int]) -> None:
-    aspp = deeplabv3plus(output_stride=stride, num_classes=3).classifier.aspp
+    with torch.device("meta"):  # the cell's model as params/ builds it
+        aspp = build_model(PARAMS.resolve(f"voc-r50-os{stride}"), torch.device("meta")).classifier.aspp
     depthwise = [branch[0][0] for branch in aspp.convs[1:4]]
     assert [conv.dilation[0] for conv in depthwise] == rates
     assert all(conv.groups == conv.in_channels == 2048 for conv in depthwise)
-    assert aspp.project[0].kernel_size == (3, 3) and aspp.project[0].in_channels == 2560
+    assert aspp.project[0].kernel_size == (3, 3) and aspp.project[0].in_channels == 5 * 512
 
 
 def test_aux_head_only_in_training_and_a_real_forward_backward() -> None:
     torch.manual_seed(0)
-    model = deeplabv3plus(backbone="r50", output_stride=16, num_classes=4)
+    model = build(backbone="r50", output_stride=16, num_classes=4)
     x = torch.randn(2, 3, 33, 47)
     out = model.train()(x)
     assert set(out) == {"out", "aux"} and torch.isfinite(out["out"]).all()
     (out["out"].mean() + 0.4 * out["aux"].mean()).backward()
     assert model.aux_classifier[0][0].weight.grad is not None
     assert set(model.eval()(x)) == {"out"}
-    assert set(deeplabv3plus(num_classes=4, aux_loss=False).train()(x)) == {"out"}
+    assert set(build(num_classes=4, aux_loss=False).train()(x)) == {"out"}
 
 
 def test_channels_last_bf16_autocast_on_cpu_matches_fp32() -> None:
     torch.manual_seed(0)
-    model = deeplabv3plus(backbone="r50", output_stride=16, num_classes=4).eval()
+    model = build(backbone="r50", output_stride=16, num_classes=4).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         reference = model(x)["out"]
@@ -110,7 +119,7 @@ def test_v1c_checkpoint_loads_strictly_and_drops_only_fc(tmp_path: Path) -> None
     expected = torch.load(path)
     assert {"stem.0.weight", "stem.1.running_mean", "stem.7.bias", "layer1.0.downsample.0.weight",
             "layer4.2.conv3.weight"} <= set(expected)
-    model = deeplabv3plus(backbone="r50", output_stride=8, num_classes=21, pretrained_backbone=path)
+    model = build(backbone="r50", output_stride=8, num_classes=21, pretrained_backbone=path)
     loaded = model.backbone.state_dict()
     assert all(torch.equal(loaded[k], expected[k]) for k in loaded)
 
@@ -134,7 +143,7 @@ def test_standard_stem_loads_torchvision_resnet_weights() -> None:
 
 
 def test_sync_batchnorm_conversion_replaces_every_batchnorm() -> None:
-    model = deeplabv3plus(backbone="r50", output_stride=16, num_classes=4)
+    model = build(backbone="r50", output_stride=16, num_classes=4)
     count = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     synced = convert_sync_batchnorm(model)
     assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == count == 70  # 55 backbone, 9 ASPP, 5 decoder, 1 aux
@@ -146,7 +155,7 @@ def test_torch_compile_captures_the_training_step_in_one_graph() -> None:
     inductor's C++ code generation itself takes minutes on 2 cores, so it runs only when asked
     (DEEPLAB_TEST_INDUCTOR=1)."""
     torch.manual_seed(0)
-    model = deeplabv3plus(backbone="r50", output_stride=16, num_classes=3).train()
+    model = build(backbone="r50", output_stride=16, num_classes=3).train()
     backend = "inductor" if os.environ.get("DEEPLAB_TEST_INDUCTOR") == "1" else "aot_eager"
     compiled = torch.compile(model, backend=backend, fullgraph=True)
     out = compiled(torch.randn(2, 3, 40, 40))

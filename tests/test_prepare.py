@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -15,6 +16,7 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from deeplab.config import load_params
 from deeplab.data.labels import ADE20K_CLASSES, VOC_CLASSES
 from deeplab.data.prepare import PrepareError, prepare
 from deeplab.data.synthetic import class_colours, write_archives
@@ -156,13 +158,24 @@ def test_cityscapes_train_ids_match_the_official_polygon_tool(prepared, tmp_path
 
 
 # -------------------------------------------------------------------------------- failure behaviour
-def test_official_counts_are_enforced_through_the_cli(prepared, tmp_path: Path, capsys) -> None:
-    raw, _ = prepared["cityscapes"]
-    out = tmp_path / "out"
-    code = prepare_cli.main(["--dataset", "cityscapes", "--raw", str(raw), "--out", str(out),
-                             "--expect-official-counts", "--params", str(ROOT / "params")])
+def place_raw(raw: Path, project: Path, preset: str, dataset: str) -> Path:
+    """Link the archives into a project's raw folder for ``preset``, where the prepare stage reads them."""
+    paths = load_params(ROOT / "params").preset(preset).paths
+    target = project / paths.raw_dir(dataset)
+    target.mkdir(parents=True)
+    for archive in raw.iterdir():
+        (target / archive.name).symlink_to(archive)
+    return project / paths.prepared_dir(dataset)
+
+
+def test_the_full_preset_enforces_the_official_counts(prepared, tmp_path: Path, capsys, monkeypatch) -> None:
+    """The check comes from params (presets.full.expect_official_counts), not from a flag of the DAG."""
+    out = place_raw(prepared["cityscapes"][0], tmp_path, "full", "cityscapes")
+    monkeypatch.chdir(tmp_path)
+    code = prepare_cli.main(["--dataset", "cityscapes", "--preset", "full", "--params", str(ROOT / "params")])
     err = capsys.readouterr().err
     assert code == 1 and "'train': 24" in err and "'train': 2975" in err
+    assert "\npipeline.prepare: error: cityscapes: found" in err and "Traceback" not in err
     assert not out.exists()
 
 
@@ -221,9 +234,10 @@ def test_rerun_after_a_crash_never_mixes_old_and_new(prepared, tmp_path: Path, m
 
 def test_cli_contract_in_a_subprocess(prepared, tmp_path: Path) -> None:
     raw, reference = prepared["voc"]
-    out = tmp_path / "voc"
-    result = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--dataset", "voc", "--raw", str(raw),
-                             "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = place_raw(raw, tmp_path, "smoke", "voc")
+    result = subprocess.run([sys.executable, "-m", "pipeline.prepare", "--dataset", "voc", "--preset", "smoke",
+                             "--params", str(ROOT / "params")], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr
     assert (out / "splits/train.txt").read_text() == (reference / "splits/train.txt").read_text()
     meta, ref_meta = json.loads((out / "meta.json").read_text()), json.loads((reference / "meta.json").read_text())

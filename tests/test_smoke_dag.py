@@ -6,6 +6,7 @@ results/smoke/table.md 12 measured mIoU values. The full preset's files must be 
 """
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
@@ -48,16 +49,22 @@ def _check_outcome(checkout: Path, uri: str) -> None:
         assert run.info.status == "FINISHED", run.info.run_name
         assert {"mIoU", "aAcc", "mAcc"} <= set(run.data.metrics), run.info.run_name
         assert run.data.tags.get("preset") == "smoke"
-    table = (checkout / "results" / "smoke" / "table.md").read_text()
-    measured = re.findall(r"\| (\d+\.\d\d)% \| \d+\.\d\d% \| [+-]\d+\.\d\d \|", table)
+    paths = load_params(checkout / "params").preset("smoke").paths
+    table = (checkout / paths.table()).read_text()
+    measured = re.findall(r"\|\s*(\d+\.\d\d)%\s*\|\s*\d+\.\d\d%\s*\|\s*[+-]\d+\.\d\d\s*\|", table)
     assert len(measured) == 12, table
+    with (checkout / paths.summary()).open() as f:
+        summary = {row["cell"]: row for row in csv.DictReader(f)}
     for cell in CELLS:
-        metrics = json.loads((checkout / "results" / "smoke" / cell / "metrics.json").read_text())
+        metrics = json.loads((checkout / paths.cell(cell).metrics).read_text())
         assert f"{metrics['mIoU']:.2f}%" in table
+        assert float(summary[cell]["mIoU"]) == pytest.approx(metrics["mIoU"], abs=1e-4)
+        assert summary[cell]["seeds"] == "1" and float(summary[cell]["gpu_hours"]) > 0
     # the full preset's data, results and README tables are untouched
     assert not (checkout / "data" / "raw").exists() and not (checkout / "data" / "prepared").exists()
     assert not any((checkout / "results" / cell).exists() for cell in CELLS)
-    changed = subprocess.run(["git", "status", "--porcelain", "--", "README.md", "results/table.md"], cwd=checkout,
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "README.md", "results/table.md",
+                              "results/summary.csv", "results/per_class_iou.csv"], cwd=checkout,
                              capture_output=True, text=True, check=True).stdout
     assert changed == "", changed
 

@@ -5,8 +5,11 @@ and review the diff.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,13 @@ MEASURED = {"voc-r50-os8": 77.9012, "ade20k-r101-os16": 44.0, "cityscapes-r50-os
 
 
 def _metrics(miou: float) -> dict[str, object]:
-    return {"mIoU": miou, "aAcc": 95.1, "mAcc": 85.2, "iou": [miou] * 3, "cell": "x"}
+    return {"mIoU": miou, "aAcc": 95.1, "mAcc": 85.2, "per_class_iou": {"a": miou, "b": None, "c": 50.0},
+            "cell": "x"}
+
+
+def _squeezed(text: str) -> str:
+    """Markdown with the column padding removed: '|  a  | b |' -> '| a | b |'."""
+    return re.sub(r" *\| *", " | ", text)
 
 
 def _check_golden(name: str, text: str) -> None:
@@ -51,17 +60,17 @@ def test_values_come_from_params(params_dir: Path) -> None:
     path.write_text(path.read_text().replace("reference_miou: 77.43", "reference_miou: 70.00"))
     text = render(load_params(params_dir), "full", {"voc-r50-os8": _metrics(71.5)}, link_base="")
     assert "#### VOC12" in text and "0.01/poly/16/61" in text
-    assert "| 71.50% | 70.00% | +1.50 |" in text
+    assert "| 71.50% | 70.00% | +1.50 |" in _squeezed(text)
 
 
 def test_smoke_preset_shows_its_own_recipe(params_dir: Path) -> None:
     params = load_params(params_dir)
-    text = render(params, "smoke", {}, link_base="")
+    text = _squeezed(render(params, "smoke", {}, link_base=""))
     for dataset in ("voc", "cityscapes"):
         recipe = params.dataset(dataset, "smoke")
         assert recipe.crop_size != params.dataset(dataset, "full").crop_size  # the preset's own crop...
         height, width = recipe.crop_size
-        assert (f"ResNet50 (OS=8, PRE=None) | {height}x{width} | "  # ...shown (h x w), trained from scratch
+        assert (f"ResNet50 (OS=8, PRE=Synthetic) | {height}x{width} | "  # ...shown (h x w), a random backbone
                 f"LR/POLICY/BS/EPOCH: 0.01/poly/{recipe.batch_size}/{recipe.epochs}") in text
 
 
@@ -70,14 +79,50 @@ def test_stage_writes_table_and_readme_block_for_full_only(tmp_path: Path, param
     cell_dir = tmp_path / "results" / "voc-r50-os8"
     cell_dir.mkdir(parents=True)
     (cell_dir / "metrics.json").write_text(json.dumps(_metrics(77.9012)))
-    files = stage.expected_files(params_dir, "full", root=tmp_path)
-    assert set(files) == {tmp_path / "results" / "table.md", tmp_path / "README.md"}
+    params = load_params(params_dir)
+    files = stage.expected_files(params, "full", root=tmp_path)
+    results = tmp_path / "results"
+    assert set(files) == {results / "table.md", results / "summary.csv", results / "per_class_iou.csv",
+                          tmp_path / "README.md"}
     readme = files[tmp_path / "README.md"]
     assert readme.startswith("# title\n\n" + BEGIN + "\n#### PASCAL VOC") and readme.endswith(f"{END}\n\nafter\n")
     assert "[cfg](results/voc-r50-os8/config.yaml)" in readme and "77.90%" in readme
     assert "[cfg](voc-r50-os8/config.yaml)" in files[tmp_path / "results" / "table.md"]
-    smoke = stage.expected_files(params_dir, "smoke", root=tmp_path)
-    assert set(smoke) == {tmp_path / "results" / "smoke" / "table.md"}  # never the README
+    smoke = stage.expected_files(params, "smoke", root=tmp_path)
+    assert tmp_path / "README.md" not in smoke and results / "smoke" / "table.md" in smoke  # never the README
+
+
+def test_summary_and_per_class_csv_hold_every_cell(tmp_path: Path, params_dir: Path) -> None:
+    """summary.csv: a row per cell, measured or not, GPU-hours from the training log; per_class_iou.csv: a
+    row per class of each evaluated cell."""
+    params = load_params(params_dir)
+    cell_dir = tmp_path / "results" / "voc-r50-os8"
+    cell_dir.mkdir(parents=True)
+    (cell_dir / "metrics.json").write_text(json.dumps(_metrics(77.9012)))
+    (cell_dir / "train_log.csv").write_text("iteration,images,images_per_s\n50,800,4.0\n100,800,2.0\n")
+    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n")
+    files = stage.expected_files(params, "full", root=tmp_path)
+    summary = list(csv.DictReader(io.StringIO(files[tmp_path / "results" / "summary.csv"])))
+    assert [row["cell"] for row in summary] == list(params.cells)
+    voc = summary[0]
+    assert (voc["mIoU"], voc["reference_mIoU"], voc["diff"], voc["seeds"]) == ("77.9012", "77.4300", "0.4712", "1")
+    assert voc["gpu_hours"] == f"{(200 + 400) / 3600:.4f}"  # 800 images at 4/s, then at 2/s, on 1 GPU
+    assert summary[1]["mIoU"] == "" and summary[1]["seeds"] == "0" and summary[1]["gpu_hours"] == ""
+    per_class = list(csv.DictReader(io.StringIO(files[tmp_path / "results" / "per_class_iou.csv"])))
+    assert [(r["cell"], r["class"], r["iou"]) for r in per_class] == \
+        [("voc-r50-os8", "a", "77.9012"), ("voc-r50-os8", "b", ""), ("voc-r50-os8", "c", "50.0000")]
+
+
+def test_check_fails_on_a_stale_summary(tmp_path: Path, params_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n")
+    monkeypatch.chdir(tmp_path)
+    args = ["--preset", "full", "--params", str(params_dir)]
+    assert stage.main(args) == 0 and stage.main([*args, "--check"]) == 0
+    summary = tmp_path / "results" / "summary.csv"
+    summary.write_text(summary.read_text().replace("77.4300", "77.4400"))
+    assert stage.main([*args, "--check"]) == 1
+    assert "out of date: results/summary.csv" in capsys.readouterr().err
 
 
 def test_bad_metrics_name_the_file(tmp_path: Path, params_dir: Path) -> None:

@@ -67,12 +67,31 @@ def test_unreachable_server_warns_once_and_goes_on(tmp_path: Path) -> None:
     with pytest.warns(RuntimeWarning, match="continuing without MLflow") as caught:
         tracker.start("cell-a", params={"a": 1})
         assert tracker.wait_run_id() is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a second warning would raise here
         tracker.log_metrics({"loss": 1.0}, step=1)
-        tracker.log_artifact(tmp_path)
         tracker.end()
     assert len(caught) == 1 and time.perf_counter() - started < 30
+
+
+def test_a_store_failing_mid_run_warns_once_then_stays_quiet(tmp_path: Path) -> None:
+    """The first failed call warns and switches tracking off; the calls after it never reach the store."""
+    tracker = Tracker(uri=os.environ["MLFLOW_TRACKING_URI"], experiment="exp", cell_dir=tmp_path / "cell",
+                      project_root=tmp_path)
+    tracker.start("cell-a")
+    assert tracker.wait_run_id() is not None
+    calls = []
+
+    def broken(*args: object, **kwargs: object) -> None:
+        calls.append(args)
+        raise OSError("disk full")
+    tracker.client.log_batch = tracker.client.log_artifact = broken
+    with warnings.catch_warnings(record=True) as caught:  # records the tracking thread's warnings too
+        warnings.simplefilter("always")
+        for step in (1, 2, 3):
+            tracker.log_metrics({"loss": 1.0}, step=step)
+        tracker.log_artifact(tmp_path)
+        tracker.end()
+    failures = [w for w in caught if "continuing without MLflow" in str(w.message)]
+    assert len(failures) == 1 and "disk full" in str(failures[0].message) and len(calls) == 1
 
 
 def test_flatten_gives_string_params() -> None:

@@ -7,10 +7,17 @@ import colorsys
 import pytest
 import torch
 
+import dataclasses
+from pathlib import Path
+
+from deeplab.config import load_params
+from deeplab.data.labels import IGNORE_INDEX
 from deeplab.datasets import GlobalBatchSampler
-from deeplab.transforms import (IGNORE_INDEX, Photometric, hsv_to_rgb, keep_ratio_size, normalize, pad,
+from deeplab.transforms import (Augmentation, Photometric, hsv_to_rgb, keep_ratio_size, normalize, pad,
                                 photometric_distortion, random_crop, random_rescale, resize_label, rgb_to_hsv,
                                 sample_seed, train_sample)
+
+CFG = load_params(Path(__file__).resolve().parent.parent / "params").resolve("voc-r50-os8")
 
 
 def test_labels_are_only_nearest_resized() -> None:
@@ -40,7 +47,7 @@ def test_pad_uses_zero_for_images_and_ignore_for_labels() -> None:
     assert padded_label[5:].eq(IGNORE_INDEX).all() and padded_label[:, 7:].eq(IGNORE_INDEX).all()
     assert padded_label[:5, :7].eq(1).all()
     # normalising with the valid size zeroes the padding, as padding the normalised image with 0 would
-    x = normalize(padded_image[None].float(), torch.tensor([[5, 7]]))
+    x = normalize(padded_image[None].float(), CFG.train.mean, CFG.train.std, torch.tensor([[5, 7]]))
     assert x[:, :, 5:].eq(0).all() and x[:, :, :, 7:].eq(0).all() and x[:, :, :5, :7].ne(0).all()
 
 
@@ -68,11 +75,11 @@ def test_train_sample_is_a_pure_function_of_its_seed() -> None:
     gen = torch.Generator().manual_seed(3)
     image = torch.randint(0, 256, (3, 30, 45), dtype=torch.uint8, generator=gen)
     label = torch.randint(0, 4, (30, 45), dtype=torch.uint8, generator=gen)
-    options = {"base_scale": (64, 32), "ratio_range": (0.5, 2.0), "crop": (24, 24), "cat_max_ratio": 0.75}
-    a, b = train_sample(image, label, seed=11, **options), train_sample(image, label, seed=11, **options)
+    aug = dataclasses.replace(Augmentation.of(CFG), base_scale=(64, 32), crop=(24, 24))
+    a, b = train_sample(image, label, aug, seed=11), train_sample(image, label, aug, seed=11)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["image"].shape == (3, 24, 24) and a["label"].shape == (24, 24) and a["image"].dtype == torch.uint8
-    others = [train_sample(image, label, seed=s, **options) for s in range(12, 20)]
+    others = [train_sample(image, label, aug, seed=s) for s in range(12, 20)]
     assert any(not torch.equal(a["image"], o["image"]) for o in others)
     assert sample_seed(0, 5, 1) == sample_seed(0, 5, 1) != sample_seed(0, 5, 2) != sample_seed(1, 5, 1)
 

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import http.cookiejar
 import json
+import os
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
+
+from deeplab.errors import PipelineError
 
 
-class CityscapesLoginError(RuntimeError):
+class CityscapesLoginError(PipelineError):
     """The Cityscapes server refused the credentials or answered something unexpected."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,12 @@ class Credentials:
     username: str
     password: str = field(repr=False)  # never shown by repr() in a traceback or log
     origin: str = ""  # where they came from, for messages ("environment", a file path)
+
+
+def default_credentials_file(env: Mapping[str, str] = os.environ) -> Path:
+    """Where cityscapesscripts' csDownload keeps credentials (appdirs' user data dir on Linux)."""
+    data_home = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "cityscapesscripts" / "credentials.json"
 
 
 def read_credentials(env: dict[str, str], credentials_file: Path | None) -> Credentials | None:

@@ -6,7 +6,6 @@ so all violations are reported together.
 """
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from deeplab import atomic
 from deeplab.data.labels import IGNORE_INDEX, ade20k_lut, cityscapes_label_to_train_lut
 
 
@@ -116,10 +116,7 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 def write_png(label: np.ndarray, target: Path) -> None:
     """Single-channel uint8 PNG through a temp name (a killed worker never leaves a truncated label)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(encode_png(label))
-    os.replace(tmp, target)
+    atomic.write_bytes(target, encode_png(label))
 
 
 def _describe(valid: np.ndarray) -> str:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deeplab import atomic
 from deeplab.data import synthetic
 from deeplab.data.cityscapes_login import Credentials, login, package_md5, package_url
 from deeplab.data.fetch import (DownloadError, FetchOptions, checksum_problem, fetch, file_digests,
@@ -65,6 +66,22 @@ def write_synthetic(dataset: str, raw_dir: Path, *, seed: int = 0) -> dict[str, 
     """Synthetic archives under the official names instead of a download (the smoke preset)."""
     paths = synthetic.write_archives(dataset, raw_dir, seed=seed)
     return {p.name: _entry(p, file_digests(p)["sha256"], f"synthetic (seed {seed})") for p in paths}
+
+
+def write_synthetic_weights(backbone: str, weights_dir: Path, *, seed: int = 0) -> dict[str, Any]:
+    """A randomly initialised backbone under the official checkpoint's name and format (the smoke preset):
+    the V1c state-dict keys plus the unused ``fc.*`` classifier, saved with torch.save, so training loads
+    it through the same strict path as the real ImageNet weights."""
+    import torch
+    from deeplab.backbone import ResNet
+    spec = IMAGENET_WEIGHTS[backbone]
+    torch.manual_seed(seed)
+    state = ResNet(backbone, 16, "deep").state_dict()
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    path = weights_dir / spec.filename
+    with atomic.replacing(path, "wb") as f:
+        torch.save(state, f)
+    return {spec.filename: _entry(path, file_digests(path)["sha256"], f"synthetic (seed {seed})")}
 
 
 def _placed_by_hand(spec: ArchiveSpec, raw_dir: Path, can_download: bool) -> dict[str, Any] | None:

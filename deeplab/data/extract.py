@@ -17,11 +17,15 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from deeplab.errors import PipelineError
+
 Keep = Callable[[str], bool]  # member name -> extract it?
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(PipelineError, ValueError):
     """An archive member would escape the destination or is not a plain file, folder or inner link."""
+
+    exit_code = 1
 
 
 def extract(archive: Path, dest: Path, keep: Keep | None = None) -> int:

@@ -19,13 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from deeplab.errors import PipelineError
 from deeplab.data.sources import ArchiveSpec
 
 CHUNK = 1 << 20  # bytes per read; large enough that Python overhead is negligible next to the network
 
 
-class DownloadError(RuntimeError):
+class DownloadError(PipelineError):
     """No source delivered a file with the expected checksum; the message lists every attempt."""
+
+    exit_code = 1
 
 
 class ChecksumError(DownloadError):

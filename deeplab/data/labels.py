@@ -1,4 +1,4 @@
-"""Class names, palettes and label mappings of the three datasets (shared/DATASETS.md).
+"""Class names, palettes and label mappings of the three datasets (docs/datasets.md).
 
 Cityscapes' labelId -> trainId table is built from the official ``cityscapesscripts.helpers.labels``
 rather than copied, so it cannot drift from the definition.

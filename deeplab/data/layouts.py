@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from deeplab.errors import PipelineError
 from deeplab.data.convert import Job
 from deeplab.data.labels import VOC_CLASSES, cityscapes_train_classes, voc_palette
 from deeplab.data.sources import ARCHIVES
@@ -17,8 +18,10 @@ SBD_ROOT = "benchmark_RELEASE/dataset"
 ADE_ROOT = "ADEChallengeData2016"
 
 
-class LayoutError(RuntimeError):
+class LayoutError(PipelineError):
     """The extracted archives do not have the official layout; the message names the missing file."""
+
+    exit_code = 1
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping
 
+from deeplab.errors import PipelineError
 from deeplab import atomic
 from deeplab.data.convert import Job, Result, convert
 from deeplab.data.extract import extract
@@ -32,8 +33,10 @@ MAX_LISTED_PROBLEMS = 20  # enough to see the pattern without flooding the termi
 MIN_JOBS_FOR_POOL = 64    # below this, starting worker processes costs more than it saves
 
 
-class PrepareError(RuntimeError):
+class PrepareError(PipelineError):
     """The archives are missing, malformed or hold invalid labels; the message names the file."""
+
+    exit_code = 1
 
 
 def prepare(dataset: str, raw: Path, out: Path, *, expected_counts: Mapping[str, int] | None = None,

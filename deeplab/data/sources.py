@@ -1,6 +1,6 @@
 """The catalogue of every archive the pipeline downloads: official names, URLs, sizes and checksums.
 
-Facts from shared/DATASETS.md and shared/RECIPE.md. URLs are tried in order; any copy whose checksum
+Facts from docs/datasets.md and docs/recipe.md. URLs are tried in order; any copy whose checksum
 matches is accepted, so a mirror can never substitute different data.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Small archives in the exact official formats: the smoke preset's data and the tests' fixtures.
 
-Each archive has its official file name, internal layout and label encoding (shared/DATASETS.md):
+Each archive has its official file name, internal layout and label encoding (docs/datasets.md):
 VOC palette PNGs with 255 borders, SBD ``.mat`` structs ``GTcls``/``GTinst``, ADE20k annotations with 0 =
 "other" plus ``objectInfo150.txt``, Cityscapes ``*_gtFine_{labelIds,color,instanceIds}.png`` rasterised
 from ``*_gtFine_polygons.json`` with the official tool, and README/license.txt at the zip roots. The VOC
@@ -26,14 +26,10 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from deeplab.data.labels import ADE20K_CLASSES, voc_palette
+from deeplab.data.labels import ADE20K_CLASSES, IGNORE_INDEX, voc_palette
 
 MTIME = 1_336_694_400  # 2012-05-11, fixed so archives are reproducible byte for byte
 Member = tuple[str, bytes]  # (path inside the archive, content)
-
-# Cityscapes labelIds drawn in the synthetic street scenes: eval classes plus some that map to 255
-CITYSCAPES_SCENE_LABELS = ("road", "sidewalk", "building", "vegetation", "sky", "car", "person", "pole",
-                           "traffic sign", "static", "ground")
 
 
 def write_archives(dataset: str, raw_dir: Path, *, seed: int = 0, **size_options: int) -> list[Path]:
@@ -98,7 +94,7 @@ def shapes_label(rng: np.random.Generator, h: int, w: int, classes: np.ndarray, 
     return label
 
 
-def with_border(label: np.ndarray, width: int = 2, ignore: int = 255) -> np.ndarray:
+def with_border(label: np.ndarray, width: int = 2, ignore: int = IGNORE_INDEX) -> np.ndarray:
     """VOC-style void border: pixels within ``width`` of a class change become ``ignore``."""
     edge = np.zeros(label.shape, bool)
     edge[:-1] |= label[:-1] != label[1:]
@@ -240,7 +236,7 @@ def _voc_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np
 def _sbd_mat(struct: str, label: np.ndarray) -> bytes:
     """SBD's MATLAB struct: Segmentation (uint8 class map, no border), Boundaries (cell of 20 sparse
     edge maps), CategoriesPresent (GTcls) or Categories (GTinst)."""
-    edges = with_border(label, 1) == 255
+    edges = with_border(label, 1) == IGNORE_INDEX
     boundaries = np.empty((20, 1), dtype=object)
     for k in range(20):
         boundaries[k, 0] = scipy.sparse.csc_matrix(edges & (label == k + 1))

@@ -1,0 +1,165 @@
+"""One cell's training job and evaluation job: the library verbs wired to the cell's files and its MLflow
+run. The stage entry points (pipeline/train.py, pipeline/evaluate.py) only parse arguments and call these.
+
+Files are the record: training writes ``config.yaml``, ``train_log.csv`` and the model; evaluation writes
+the pictures and, last, ``metrics.json``. MLflow mirrors them in one run per cell, which both jobs share.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from deeplab import atomic, distributed, plots
+from deeplab.config import CellConfig
+from deeplab.data.sources import IMAGENET_WEIGHTS
+from deeplab.datasets import DatasetError, manifest_hash, read_meta, read_split
+from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, evaluate_split, multi_scale, sliding_window,
+                              summarize)
+from deeplab.metrics import ConfusionMatrix
+from deeplab.model import load_trained
+from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_key
+from deeplab.train import Interrupted, train
+
+GRID_SAMPLES = 4  # images in the predictions picture
+
+
+def tracker_for(cfg: CellConfig, enabled: bool = True) -> Tracker:
+    """The cell's MLflow run in the preset's experiment (the store of MLFLOW_TRACKING_URI)."""
+    root = Path.cwd()
+    return Tracker(uri=default_tracking_uri(root), experiment=cfg.preset.experiment, cell_dir=cfg.files.dir,
+                   project_root=root, enabled=enabled)
+
+
+def backbone_weights(cfg: CellConfig) -> Path | None:
+    """The ImageNet checkpoint of the cell's backbone, or None when the preset trains from scratch."""
+    if cfg.model.pretrained != "imagenet":
+        return None
+    path = Path(cfg.preset.paths.weights_dir()) / IMAGENET_WEIGHTS[cfg.cell.backbone].filename
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: download the backbone weights first "
+                           f"(python -m pipeline.download --weights {cfg.cell.backbone} --preset {cfg.preset.name})")
+    return path
+
+
+def run_tags(cfg: CellConfig) -> dict[str, str]:
+    git = git_state(Path.cwd())
+    return {"cell": cfg.cell.id, "dataset": cfg.cell.dataset, "backbone": cfg.cell.backbone,
+            "output_stride": str(cfg.cell.output_stride), "preset": cfg.preset.name,
+            "git_commit": git["git_commit"], "git_dirty": str(git["git_dirty"]),
+            "data_hash": manifest_hash(cfg.prepared_dir, cfg.data.train_split), "config_digest": cfg.digest()}
+
+
+def validator(cfg: CellConfig, ctx: distributed.Context, tracker: Tracker) -> Callable[[torch.nn.Module, int], None]:
+    """Periodic val mIoU (train.val_every): each rank scores its share, the matrices are summed."""
+    def validate(model: torch.nn.Module, iteration: int) -> None:
+        result = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
+                                spec=InputSpec.of(cfg, ctx.device), protocols=[SINGLE_SCALE], device=ctx.device,
+                                rank=ctx.rank, world=ctx.world)
+        matrix = ConfusionMatrix(cfg.data.num_classes, ctx.device)
+        matrix.merge(distributed.sum_tensor(ctx, result.matrices[SINGLE_SCALE.name].matrix))
+        tracker.log_metrics({"val_mIoU": matrix.compute()["mIoU"]}, iteration)
+    return validate
+
+
+def run_training(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
+    """Train the cell (resuming by itself); return the model's path and the schedule's iterations."""
+    files = cfg.files
+    max_iters = cfg.max_iters(len(read_split(cfg.prepared_dir, cfg.data.train_split)))
+    weights = backbone_weights(cfg)
+    if ctx.is_main:
+        doc = {**cfg.to_dict(), "digest": cfg.digest(), "max_iters": max_iters, "world_size": ctx.world}
+        atomic.write_text(files.config, yaml.safe_dump(doc, sort_keys=False))
+    tracker = tracker_for(cfg, enabled=ctx.is_main)
+    tracker.start(cfg.cell.id, params=cfg.to_dict(), tags=run_tags(cfg))
+    try:
+        final = train(cfg, prepared_dir=cfg.prepared_dir, files=files, ctx=ctx, max_iters=max_iters,
+                      weights=weights, on_metrics=tracker.log_metrics, on_validate=validator(cfg, ctx, tracker))
+    except Interrupted:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    for path in (files.config, files.train_log):
+        tracker.log_artifact(path)
+    tracker.end("FINISHED")
+    return final, max_iters
+
+
+def protocols(cfg: CellConfig, multi: bool, sliding: bool) -> list[Protocol]:
+    """The table's single-scale protocol first, then the extra ones asked for."""
+    return [SINGLE_SCALE] + ([multi_scale(cfg.evaluate)] if multi else []) \
+        + ([sliding_window(cfg.data.crop_size)] if sliding else [])
+
+
+def run_evaluation(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None = None) -> dict[str, Any]:
+    """Score the cell's model on its val split; write the pictures and metrics.json; return its content."""
+    tracker = tracker_for(cfg)
+    tracker.start(cfg.cell.id)  # in the background, while the split is scored
+    try:
+        doc, pictures = score(cfg, chosen, predictions_dir, tracker)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    mirror(tracker, doc, pictures)
+    atomic.write_json(cfg.files.metrics, doc)
+    tracker.log_artifact(cfg.files.metrics)
+    tracker.end("FINISHED")
+    return doc
+
+
+def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
+          tracker: Tracker) -> tuple[dict[str, Any], list[Path]]:
+    started = time.perf_counter()
+    meta = read_meta(cfg.prepared_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = cfg.data.eval_scale is None  # native size: one shape, worth autotuning
+    model = load_trained(cfg, Path(cfg.files.model), device)
+    if predictions_dir:
+        Path(predictions_dir).mkdir(parents=True, exist_ok=True)
+    scored = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
+                            spec=InputSpec.of(cfg, device), protocols=chosen, device=device,
+                            workers=min(cfg.train.workers, cfg.evaluate.max_workers),
+                            predictions_dir=predictions_dir, keep_samples=GRID_SAMPLES)
+    results = {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}
+    pictures = draw_pictures(cfg, results[SINGLE_SCALE.name], scored.samples, meta["palette"])
+    doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id())
+    return doc, pictures
+
+
+def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images: int, seconds: float,
+                     run_id: str | None) -> dict[str, Any]:
+    """metrics.json: the single-scale numbers (the table's), the extra protocols, and provenance."""
+    main = results[SINGLE_SCALE.name]
+    fit = (f", keep-ratio resized to fit {list(cfg.data.eval_scale)}" if cfg.data.eval_scale else ", native size")
+    return {"cell": cfg.cell.id, "preset": cfg.preset.name, "split": cfg.data.val_split,
+            "protocol": "single-scale whole image" + fit,
+            **{k: main[k] for k in ("mIoU", "aAcc", "mAcc")}, "reference_mIoU": cfg.cell.reference_miou,
+            "per_class_iou": main["per_class_iou"], "per_class_acc": main["per_class_acc"],
+            "images": images, "seconds": round(seconds, 2),
+            "extra": {name: values for name, values in results.items() if name != SINGLE_SCALE.name},
+            "provenance": {**git_state(Path.cwd()), "data_manifest": manifest_hash(cfg.prepared_dir, cfg.data.val_split),
+                           "config_digest": cfg.digest(), "mlflow_run_id": run_id}}
+
+
+def draw_pictures(cfg: CellConfig, result: dict[str, Any], samples: list, palette: list) -> list[Path]:
+    files, title = cfg.files, f"{cfg.cell.id} ({cfg.preset.name})"
+    pictures = [plots.iou_bars(result["per_class_iou"], files.picture("iou_per_class"), f"{title}: val IoU"),
+                plots.prediction_grid(samples, palette, files.picture("predictions"), title)]
+    if Path(files.train_log).is_file():
+        pictures.append(plots.learning_curves(files.train_log, files.picture("learning_curves"), title))
+    return pictures
+
+
+def mirror(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -> None:
+    metrics = {k: doc[k] for k in ("mIoU", "aAcc", "mAcc")}
+    metrics.update({f"iou/{metric_key(name)}": v for name, v in doc["per_class_iou"].items() if v is not None})
+    for name, extra in doc["extra"].items():
+        metrics[f"mIoU_{metric_key(name)}"] = extra["mIoU"]
+    tracker.log_metrics(metrics)
+    for picture in pictures:
+        tracker.log_artifact(picture, "pictures")

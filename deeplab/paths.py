@@ -1,0 +1,120 @@
+"""Every file name of the pipeline, owned here and nowhere else.
+
+The Snakefile, the stage entry points and the library all ask a :class:`Paths` (one per preset, from
+``params/presets.yaml``'s ``data_dir`` and ``results_dir``) where a file lives; none of them spells a file
+name itself. ``dvc.yaml`` cannot call Python, so it spells the same paths with its own templating, and
+``python -m pipeline.dvc_presets --check`` (run by the tests) proves they agree with this module.
+
+Layout, relative to the project root::
+
+    <data_dir>/raw/<dataset>/            the official archives and manifest.json (what was fetched, sha256)
+    <data_dir>/raw/weights/              ImageNet checkpoints and manifest-<backbone>.json
+    <data_dir>/prepared/<dataset>/       splits/, labels, meta.json (written last)
+    <results_dir>/<cell>/                one cell: see CellFiles
+    <results_dir>/table.md, summary.csv, per_class_iou.csv, mlflow.json
+    logs/<preset>/<rule>/...             Snakemake's per-job logs
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class CellFiles:
+    """The files of one table cell, all inside ``dir``."""
+
+    dir: str
+
+    @property
+    def config(self) -> str:
+        """The resolved config the cell was trained with (YAML), written when training starts."""
+        return f"{self.dir}/config.yaml"
+
+    @property
+    def train_log(self) -> str:
+        """One CSV row per logged iteration: loss, lr, images/s, peak memory."""
+        return f"{self.dir}/train_log.csv"
+
+    @property
+    def checkpoint(self) -> str:
+        """The resumable training state; deleted once ``model`` is written."""
+        return f"{self.dir}/checkpoints/last.pt"
+
+    @property
+    def model(self) -> str:
+        """The trained weights with their config digest; written last by training."""
+        return f"{self.dir}/model.pt"
+
+    @property
+    def metrics(self) -> str:
+        """The evaluation's numbers and provenance; written last by evaluation."""
+        return f"{self.dir}/metrics.json"
+
+    @property
+    def run_id(self) -> str:
+        """The cell's MLflow run id, so a resumed job and the evaluation reattach to one run."""
+        return f"{self.dir}/mlflow_run_id"
+
+    def picture(self, name: str) -> str:
+        """One of the evaluation's pictures: ``iou_per_class``, ``learning_curves``, ``predictions``."""
+        if name not in PICTURES:
+            raise ValueError(f"unknown picture '{name}'; known: {', '.join(PICTURES)}")
+        return f"{self.dir}/{name}.png"
+
+
+PICTURES = ("iou_per_class", "learning_curves", "predictions")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one preset's files live (relative to the project root)."""
+
+    preset: str
+    data_dir: str
+    results_dir: str
+
+    def raw_dir(self, dataset: str) -> str:
+        """The archives of ``dataset`` as downloaded (or synthesised)."""
+        return f"{self.data_dir}/raw/{dataset}"
+
+    def dataset_manifest(self, dataset: str) -> str:
+        """Written last by the download stage: what was fetched, with sizes and sha256."""
+        return f"{self.raw_dir(dataset)}/manifest.json"
+
+    def weights_dir(self) -> str:
+        """The ImageNet backbone checkpoints."""
+        return f"{self.data_dir}/raw/weights"
+
+    def weights_manifest(self, backbone: str) -> str:
+        return f"{self.weights_dir()}/manifest-{backbone}.json"
+
+    def prepared_dir(self, dataset: str) -> str:
+        """The prepared ``dataset``: splits/, converted labels, meta.json."""
+        return f"{self.data_dir}/prepared/{dataset}"
+
+    def prepared_meta(self, dataset: str) -> str:
+        """Written last by the prepare stage: its presence marks a complete prepared folder."""
+        return f"{self.prepared_dir(dataset)}/meta.json"
+
+    def cell(self, cell_id: str) -> CellFiles:
+        return CellFiles(f"{self.results_dir}/{cell_id}")
+
+    def tracking_marker(self) -> str:
+        """Written by init_tracking: the MLflow store's URI and the experiment id."""
+        return f"{self.results_dir}/mlflow.json"
+
+    def table(self) -> str:
+        """The results tables in markdown."""
+        return f"{self.results_dir}/table.md"
+
+    def summary(self) -> str:
+        """One CSV row per cell: mIoU, aAcc, mAcc, reference, difference, seeds, GPU-hours."""
+        return f"{self.results_dir}/summary.csv"
+
+    def per_class_iou(self) -> str:
+        """One CSV row per (cell, class): the per-class IoU behind each mIoU."""
+        return f"{self.results_dir}/per_class_iou.csv"
+
+    def log(self, rule: str, name: str = "") -> str:
+        """Snakemake's log file of one job of ``rule`` (``name``: its wildcard value, if any)."""
+        return f"logs/{self.preset}/{rule}/{name}.log" if name else f"logs/{self.preset}/{rule}.log"

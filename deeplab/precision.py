@@ -1,0 +1,29 @@
+"""Numeric precision of a run: the autocast dtype a setting means on a device, and the backend switches.
+
+``fp32`` means fp32 everywhere (no autocast, TF32 off for matmul and cuDNN): the reference's own choice.
+``auto`` is bf16 autocast on GPUs that have it, fp16 with a grad scaler on older GPUs, fp32 on a CPU.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. An explicit bf16 / fp16 / fp32 is honoured on any device."""
+    if setting == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[setting]
+
+
+def configure_backends(dtype: torch.dtype | None, deterministic: bool = False, benchmark: bool = True) -> None:
+    """Determinism, cuDNN autotuning, and TF32 only when the run is not strict fp32."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = benchmark and not deterministic
+    torch.backends.cuda.matmul.allow_tf32 = dtype is not None
+    torch.backends.cudnn.allow_tf32 = dtype is not None
