@@ -35,6 +35,16 @@ def replacing(path: str | Path, mode: str = "w", *, fsync: bool = False, suffix:
         raise
 
 
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Delete the temp files that writers of ``path`` killed mid-write left beside it; return them. Call
+    it only while no other process can be writing ``path`` (e.g. under the job's lock)."""
+    path = Path(path)
+    found = sorted(path.parent.glob(f".{path.name}.*")) if path.parent.is_dir() else []
+    for leftover in found:
+        leftover.unlink(missing_ok=True)
+    return found
+
+
 def write_text(path: str | Path, text: str) -> Path:
     """Replace ``path`` by ``text`` atomically (parent folders are created); return the path."""
     with replacing(path) as f:

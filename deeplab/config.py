@@ -446,11 +446,28 @@ def _expect_keys(raw: Any, allowed: set[str], path: Path, where: tuple[str, ...]
     return raw
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain YAML keeps the
+    last value silently: ``lr: 0.01`` then ``lr: 10.0`` would train at 10)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ParamsError(f"{key_node.start_mark.name}:{line}: key '{key}' given twice (first on line "
+                                  f"{seen[key]}); keep one of them")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ParamsError(f"{path}: parameter file not found (expected {', '.join(PARAM_FILES)} in {path.parent})")
     try:
-        return yaml.safe_load(path.read_text())
+        with path.open() as f:
+            return yaml.load(f, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from exc
 

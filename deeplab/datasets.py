@@ -11,8 +11,12 @@ resumed or differently parallelised run reads the same images with the same crop
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
+import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,8 +24,12 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 
+from deeplab.data.labels import IGNORE_INDEX
 from deeplab.errors import PipelineError
 from deeplab.transforms import Augmentation, sample_seed, train_sample
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
 
 
 class DatasetError(PipelineError):
@@ -65,14 +73,41 @@ def read_split(prepared_dir: str | Path, split: str) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _decode(path: Path, mode: ImageReadMode) -> torch.Tensor:
+    try:
+        return decode_image(read_file(str(path)), mode=mode)
+    except (RuntimeError, ValueError, OSError) as error:
+        raise DatasetError(f"{path}: cannot be decoded ({str(error).strip().splitlines()[-1]}); the prepared "
+                           "dataset is damaged: delete its folder and re-run the prepare stage") from None
+
+
 def read_image(path: Path) -> torch.Tensor:
     """uint8 (3, H, W) RGB, whatever the file's channels."""
-    return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    return _decode(path, ImageReadMode.RGB)
+
+
+def check_label(label: torch.Tensor, num_classes: int, name: str | Path) -> None:
+    """Refuse labels with values that are neither a class nor the ignore index (a bad prepare)."""
+    bad = (label >= num_classes) & (label != IGNORE_INDEX)
+    if bool(bad.any()):
+        raise DatasetError(f"label {name} holds value {int(label[bad].max())}, but the dataset has "
+                           f"{num_classes} classes (and {IGNORE_INDEX} = ignore); re-run the prepare stage")
+
+
+def worker_init(worker_id: int = 0) -> None:
+    """Loader workers die with the process that started them (Linux ``PR_SET_PDEATHSIG``): a training job
+    killed with SIGKILL leaves no worker holding its GPU slot or its files."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def read_label(path: Path) -> torch.Tensor:
     """uint8 (H, W) class indices."""
-    label = decode_image(read_file(str(path)), mode=ImageReadMode.UNCHANGED)
+    label = _decode(path, ImageReadMode.UNCHANGED)
     if label.shape[0] != 1:
         raise DatasetError(f"{path}: label must be a single-channel PNG of class indices, "
                            f"got {label.shape[0]} channels; re-run the prepare stage")
@@ -100,9 +135,9 @@ class SegmentationDataset(Dataset):
 class TrainDataset(Dataset):
     """The training split with the recipe's augmentation; items are addressed by ``(index, seed)``."""
 
-    def __init__(self, prepared_dir: str | Path, split: str, aug: Augmentation) -> None:
+    def __init__(self, prepared_dir: str | Path, split: str, aug: Augmentation, num_classes: int) -> None:
         self.images = SegmentationDataset(prepared_dir, split)
-        self.aug = aug
+        self.aug, self.num_classes = aug, num_classes
 
     def __len__(self) -> int:
         return len(self.images)
@@ -110,6 +145,7 @@ class TrainDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = item
         image, label, _ = self.images[index]
+        check_label(label, self.num_classes, self.images.pairs[index][1])  # the whole label, not only the crop
         return train_sample(image, label, self.aug, seed)
 
 

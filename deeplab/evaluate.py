@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import write_png
 
-from deeplab.datasets import DatasetError, SegmentationDataset
+from deeplab.datasets import DatasetError, SegmentationDataset, check_label, worker_init
 from deeplab.metrics import ConfusionMatrix
 from deeplab.precision import resolve_precision
 from deeplab.transforms import IGNORE_INDEX, eval_size, normalize
@@ -113,14 +113,6 @@ def predict(model: nn.Module, image: torch.Tensor, protocol: Protocol, spec: Inp
     return score.argmax(1)[0]
 
 
-def check_label(label: torch.Tensor, num_classes: int, name: str) -> None:
-    """Refuse labels with values that are neither a class nor the ignore index (a bad prepare)."""
-    bad = (label >= num_classes) & (label != IGNORE_INDEX)
-    if bool(bad.any()):
-        raise DatasetError(f"label {name} holds value {int(label[bad].max())}, but the dataset has "
-                           f"{num_classes} classes (and {IGNORE_INDEX} = ignore); re-run the prepare stage")
-
-
 @dataclass
 class SplitResult:
     matrices: dict[str, ConfusionMatrix]
@@ -136,7 +128,8 @@ def evaluate_split(model: nn.Module, prepared_dir: str | Path, split: str, *, nu
     sums the matrices across ranks. Predictions of the first protocol go to ``predictions_dir``."""
     dataset = SegmentationDataset(prepared_dir, split)
     share = Subset(dataset, range(rank, len(dataset), world))
-    loader = DataLoader(share, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda")
+    loader = DataLoader(share, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                        worker_init_fn=worker_init)
     matrices = {p.name: ConfusionMatrix(num_classes, device) for p in protocols}
     samples: list[Any] = []
     model.eval()

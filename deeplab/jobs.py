@@ -6,6 +6,7 @@ the pictures and, last, ``metrics.json``. MLflow mirrors them in one run per cel
 """
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +23,7 @@ from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, evaluate_split,
 from deeplab.metrics import ConfusionMatrix
 from deeplab.model import load_trained
 from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_key
-from deeplab.train import Interrupted, train
+from deeplab.train import Interrupted, cell_lock, train
 
 GRID_SAMPLES = 4  # images in the predictions picture
 
@@ -66,7 +67,14 @@ def validator(cfg: CellConfig, ctx: distributed.Context, tracker: Tracker) -> Ca
 
 
 def run_training(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
-    """Train the cell (resuming by itself); return the model's path and the schedule's iterations."""
+    """Train the cell (resuming by itself) under its lock; return the model's path and the iterations."""
+    with cell_lock(cfg.files, enabled=ctx.is_main) as leftovers:
+        for path in leftovers:
+            print(f"removed {path}, left by a training process killed while writing it", file=sys.stderr)
+        return _train_locked(cfg, ctx)
+
+
+def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
     files = cfg.files
     max_iters = cfg.max_iters(len(read_split(cfg.prepared_dir, cfg.data.train_split)))
     weights = backbone_weights(cfg)

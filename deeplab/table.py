@@ -49,7 +49,7 @@ def read_metrics(root: Path, params: Params, preset: str) -> dict[str, dict[str,
     return found
 
 
-def miou_percent(metrics: Mapping[str, Any], where: Path | str = "metrics.json") -> float:
+def miou_percent(metrics: Mapping[str, Any], where: Path | str) -> float:
     """The single-scale mIoU of a metrics.json, in percent (as deeplab.metrics computes it)."""
     value = metrics.get("mIoU")
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 100:

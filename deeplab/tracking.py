@@ -60,12 +60,25 @@ def _mlflow() -> Any:
 
 def init_store(uri: str, experiment: str, project_root: str | Path) -> str:
     """Create the store (schema migration) and the experiment once; return the experiment id. Raises
-    on failure: this is the one place where the store must work."""
+    on failure (see :func:`try_init_store`)."""
     client = _mlflow().MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     return client.create_experiment(experiment, artifact_location=artifact_root(uri, project_root))
+
+
+def try_init_store(uri: str, experiment: str, project_root: str | Path) -> tuple[str | None, str | None]:
+    """:func:`init_store`, except that a store that is down or refuses gives ``(None, reason)`` with one
+    warning instead of an error: the files are the record, and every job retries the store itself."""
+    try:
+        return init_store(uri, experiment, project_root), None
+    except Exception as exc:  # noqa: BLE001 (any failure of the store: tracking must never stop the DAG)
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        warnings.warn(f"MLflow store at {uri} is not available ({reason}); continuing without it: the "
+                      "results' files are the record, and each job tries the store again", RuntimeWarning,
+                      stacklevel=2)
+        return None, reason
 
 
 class Tracker:
@@ -90,7 +103,7 @@ class Tracker:
         if not self.enabled:
             return None
         try:
-            return fn(*args, **kwargs)
+            return _retry_locked(fn, *args, **kwargs)
         except Exception as exc:  # tracking must never kill a job: warn once, go on with the files
             self.enabled = False
             warnings.warn(f"MLflow tracking at {self.uri} failed while trying to {what} ({type(exc).__name__}: "
@@ -149,7 +162,7 @@ class Tracker:
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=False)
+        self.client.log_batch(self.run_id, metrics=batch)  # synchronous on this thread: a failure is seen
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._submit(f"upload {path}", self._log_artifact, str(path), folder)
@@ -169,8 +182,24 @@ class Tracker:
     def _end(self, status: str) -> None:
         if self.run_id is None:
             return
-        _mlflow().flush_async_logging()
         self.client.set_terminated(self.run_id, status=status)
+
+
+LOCKED_RETRIES = 8        # SQLite "database is locked" (many jobs writing one file): tries before giving up
+LOCKED_BACKOFF_S = 0.25   # first wait; doubled each try (about a minute in all)
+
+
+def _retry_locked(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args)``, retried with exponential backoff while SQLite says the database is locked (eight or
+    more jobs of a multi-GPU host logging to one file); any other failure is raised at once."""
+    for attempt in range(LOCKED_RETRIES + 1):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if "database is locked" not in str(exc) or attempt == LOCKED_RETRIES:
+                raise
+            time.sleep(LOCKED_BACKOFF_S * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 def git_state(project_root: str | Path) -> dict[str, Any]:

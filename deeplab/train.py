@@ -26,7 +26,7 @@ from deeplab import atomic
 from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
 from deeplab.config import CellConfig
 from deeplab.data.labels import IGNORE_INDEX
-from deeplab.datasets import GlobalBatchSampler, TrainDataset
+from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
 from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion
@@ -65,13 +65,13 @@ def accumulation_steps(share: int, max_micro_batch: int) -> int:
 def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: int, stop: int) -> DataLoader:
     """This rank's micro-batches for iterations start..stop-1, decoded and augmented by the workers."""
     data = cfg.data
-    dataset = TrainDataset(prepared_dir, data.train_split, Augmentation.of(cfg))
+    dataset = TrainDataset(prepared_dir, data.train_split, Augmentation.of(cfg), data.num_classes)
     accumulation = accumulation_steps(data.batch_size // ctx.world, cfg.train.max_micro_batch)
     sampler = GlobalBatchSampler(len(dataset), data.batch_size, seed=cfg.train.seed, start=start, stop=stop,
                                  rank=ctx.rank, world=ctx.world, accumulation=accumulation)
     workers = cfg.train.workers
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, pin_memory=ctx.device.type == "cuda",
-                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                      persistent_workers=workers > 0, prefetch_factor=4 if workers else None, worker_init_fn=worker_init,
                       generator=torch.Generator().manual_seed(cfg.train.seed))  # never touches the global RNG
 
 
@@ -309,7 +309,8 @@ def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: C
           weights: str | Path | None = None, on_metrics: Logger = lambda m, s: None,
           on_validate: Callable[[nn.Module, int], None] = lambda model, it: None) -> Path:
     """Train one cell into ``files`` (resuming from its checkpoint if present); return the path of the
-    final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points."""
+    final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points. The caller
+    holds the cell's lock (:func:`cell_lock`), so no second copy writes the same files."""
     checkpoint = Path(files.checkpoint)
     dtype = resolve_precision(cfg.train.precision, ctx.device)
     configure_backends(dtype, deterministic=cfg.train.deterministic)
@@ -318,23 +319,35 @@ def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: C
     optimizer = build_optimizer(model, cfg.train)
     state = State(model, optimizer, build_scheduler(optimizer, max_iters, cfg.train),
                   torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16))
-    with FolderLock(checkpoint.parent) if ctx.is_main else contextlib.nullcontext():
-        resume(state, cfg, checkpoint)
-        if ctx.distributed:
-            state.model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
-                                                  else None)
-        log = TrainLog(Path(files.train_log), enabled=ctx.is_main)
-        log.open(state.iteration)
-        state.model.train()
-        loader = make_loader(cfg, prepared_dir, ctx, state.iteration, max_iters)
-        run_iterations(state, loader, cfg, ctx, max_iters, checkpoint, log, on_metrics,
-                       lambda it: _validate(state, on_validate, it), dtype)
-        final = Path(files.model)
-        if ctx.is_main:
-            save_final(state.bare_model(), cfg, final, state.iteration)
-            checkpoint.unlink(missing_ok=True)  # the final weights supersede it; checkpoints are large
-        barrier(ctx)
+    resume(state, cfg, checkpoint)
+    if ctx.distributed:
+        state.model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
+                                              else None)
+    log = TrainLog(Path(files.train_log), enabled=ctx.is_main)
+    log.open(state.iteration)
+    state.model.train()
+    loader = make_loader(cfg, prepared_dir, ctx, state.iteration, max_iters)
+    run_iterations(state, loader, cfg, ctx, max_iters, checkpoint, log, on_metrics,
+                   lambda it: _validate(state, on_validate, it), dtype)
+    final = Path(files.model)
+    if ctx.is_main:
+        save_final(state.bare_model(), cfg, final, state.iteration)
+        checkpoint.unlink(missing_ok=True)  # the final weights supersede it; checkpoints are large
+    barrier(ctx)
     return final
+
+
+@contextlib.contextmanager
+def cell_lock(files: CellFiles, enabled: bool = True) -> Iterator[list[Path]]:
+    """Hold the cell's lock for a whole job (a second copy is refused before it writes anything) and,
+    under it, delete the temp files of earlier writers killed mid-write (a checkpoint's can be GBs).
+    Yields the leftovers it removed."""
+    if not enabled:  # DDP ranks other than 0: rank 0 holds the lock for the job
+        yield []
+        return
+    with FolderLock(Path(files.checkpoint).parent):
+        yield [p for path in (files.checkpoint, files.model, files.train_log, files.config)
+               for p in atomic.remove_leftovers(path)]
 
 
 def _validate(state: State, on_validate: Callable[[nn.Module, int], None], iteration: int) -> None:

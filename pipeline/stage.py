@@ -36,5 +36,15 @@ def run(module: str, body: Callable[[], int | None]) -> int:
     try:
         return body() or 0
     except PipelineError as error:
-        print(f"pipeline.{module}: error: {error}", file=sys.stderr)
+        print(f"pipeline.{module}: error: {message(error)}", file=sys.stderr)
         return error.exit_code
+
+
+def message(error: PipelineError) -> str:
+    """The error's own message, also when a DataLoader worker raised it: torch re-raises it in the main
+    process with the worker's traceback prepended, which a user-fixable error does not need."""
+    text = str(error)
+    marker = f"{type(error).__module__}.{type(error).__qualname__}: "
+    if "Original Traceback" in text and marker in text:
+        return text.rsplit(marker, 1)[1].strip()
+    return text

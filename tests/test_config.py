@@ -91,3 +91,16 @@ def test_missing_key_and_missing_file(params_dir: Path) -> None:
     (params_dir / "model.yaml").unlink()
     with pytest.raises(ParamsError, match=r"model\.yaml: parameter file not found"):
         load_params(params_dir)
+
+
+@pytest.mark.parametrize("file, old, new", [
+    ("train.yaml", "  lr: 0.01 ", "  lr: 0.01\n  lr: 10.0 "),                        # block mapping
+    ("presets.yaml", "train: {", "train: {lr: 0.02, lr: 10.0, "),                       # flow mapping
+])
+def test_a_key_given_twice_is_refused_naming_both_lines(params_dir: Path, file: str, old: str, new: str) -> None:
+    line = _edit(params_dir / file, old, new)
+    with pytest.raises(ParamsError) as error:
+        load_params(params_dir)
+    second = line + 1 if "\n" in new else line
+    assert str(error.value) == (f"{params_dir / file}:{second}: key 'lr' given twice (first on line {line}); "
+                                "keep one of them")

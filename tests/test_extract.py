@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from deeplab.data.extract import UnsafeArchiveError, extract
+from deeplab.data.extract import ArchiveError, UnsafeArchiveError, extract
 from deeplab.data.prepare import PrepareError, prepare
 
 
@@ -92,6 +92,99 @@ def test_hostile_zip_members_are_refused(case: str, arena: tuple[Path, Path], tm
     assert list(outside.iterdir()) == [] and not Path("/tmp/evil.txt").exists()
 
 
+CHAINED_LINKS = {  # each link lexically inside, but the chain leaves once followed on disk
+    "chain through an inner link": [("a/b/c/up", "sym", "../../.."), ("esc", "sym", "a/b/c/up/../../../outside")],
+    "same name, another folder": [("d", "sym", "a/b"), ("a/b", "dir", b""), ("d/l", "sym", "../../../outside")],
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHAINED_LINKS))
+def test_links_are_resolved_through_what_is_already_extracted(case: str, arena: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    dest, outside = arena
+    archive = make_tar(tmp_path / "chain.tar", CHAINED_LINKS[case])
+    with pytest.raises(UnsafeArchiveError, match="outside the destination"):
+        extract(archive, dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_a_link_changed_after_the_fact_is_caught_at_the_end(arena: tuple[Path, Path], tmp_path: Path) -> None:
+    """'esc' points into 'a/b' (inside); later 'a/b' becomes a link that leaves: the final check refuses."""
+    dest, _ = arena
+    archive = make_tar(tmp_path / "late.tar", [("a", "dir", b""), ("esc", "sym", "a/b/x"),
+                                               ("a/b", "sym", "../../outside")])
+    with pytest.raises(UnsafeArchiveError, match="outside the destination"):
+        extract(archive, dest)
+
+
+def truncated_tar(path: Path) -> Path:
+    """A tar whose header declares 4096 bytes of data of which only 1000 follow."""
+    info = tarfile.TarInfo("big.bin")
+    info.size = 4096
+    path.write_bytes(info.tobuf(tarfile.USTAR_FORMAT) + b"x" * 1000)
+    return path
+
+
+def zip_missing_data(path: Path) -> Path:
+    """A zip whose central directory declares a member size its data lacks."""
+    make_zip(path, [("ok.txt", b"fine", 0), ("big.bin", b"y" * 5000, 0)])
+    data = path.read_bytes()
+    cut = data.index(b"y" * 100) + 100  # keep the local header and 100 bytes of the member's data
+    directory = data[data.index(b"PK\x01\x02"):]
+    shift = len(data) - len(directory) - cut
+    end = bytearray(directory[directory.index(b"PK\x05\x06"):])
+    offset = int.from_bytes(end[16:20], "little") - shift
+    end[16:20] = offset.to_bytes(4, "little")
+    path.write_bytes(data[:cut] + directory[:directory.index(b"PK\x05\x06")] + bytes(end))
+    return path
+
+
+DAMAGED = {
+    "tar: a file, then a folder of the same name": lambda p: make_tar(p.with_suffix(".tar"), [
+        ("x", "file", b"1"), ("x/y", "file", b"2")]),
+    "tar: a folder, then a file of the same name": lambda p: make_tar(p.with_suffix(".tar"), [
+        ("x", "dir", b""), ("x", "file", b"2")]),
+    "zip: a file, then a folder of the same name": lambda p: make_zip(p.with_suffix(".zip"), [
+        ("x", b"1", 0), ("x/y", b"2", 0)]),
+    "zip: a folder, then a file of the same name": lambda p: make_zip(p.with_suffix(".zip"), [
+        ("x/", b"", 0), ("x", b"2", 0)]),
+    "tar: header declares more bytes than follow": lambda p: truncated_tar(p.with_suffix(".tar")),
+    "zip: directory declares data that is missing": lambda p: zip_missing_data(p.with_suffix(".zip")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_a_damaged_archive_ends_with_one_line_naming_it_and_the_fix(case: str, tmp_path: Path) -> None:
+    archive = DAMAGED[case](tmp_path / "damaged")
+    with pytest.raises(ArchiveError) as err:
+        extract(archive, tmp_path / "dest")
+    message = str(err.value)
+    assert str(archive) in message and "run the download stage again" in message and "\n" not in message
+
+
+def test_prepare_leaves_no_output_for_a_damaged_archive(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    make_zip(raw / "ADEChallengeData2016.zip", [("ADEChallengeData2016/x", b"1", 0),
+                                                ("ADEChallengeData2016/x/y", b"2", 0)])
+    with pytest.raises(ArchiveError, match="ADEChallengeData2016/x/y"):
+        prepare("ade20k", raw, tmp_path / "prepared" / "ade20k", workers=1)
+    assert list((tmp_path / "prepared").iterdir()) == []
+
+
+def test_an_archive_expanding_far_beyond_its_size_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A bomb: 10 MB of zeros deflate to a few KB. The bound is 4x the archive + a slack (shrunk here)."""
+    import deeplab.data.extract as extract_module
+    monkeypatch.setattr(extract_module, "SLACK_BYTES", 1 << 20)
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("zeros.bin", b"\0" * (10 << 20))
+    assert (tmp_path / "bomb.zip").stat().st_size < 100_000
+    with pytest.raises(ArchiveError, match="bomb.zip: expands to more than 1 MiB.*zeros.bin"):
+        extract(tmp_path / "bomb.zip", tmp_path / "dest")
+    stored = make_zip(tmp_path / "images.zip", [("img.png", bytes(range(256)) * 4000, 0)])  # ~1x: fine
+    assert extract(stored, tmp_path / "ok") == 1
+
+
 def test_benign_archives_extract_with_inner_links(arena: tuple[Path, Path], tmp_path: Path) -> None:
     dest, _ = arena
     archive = make_tar(tmp_path / "ok.tar", [("d", "dir", b""), ("d/a.txt", "file", b"hello"),
@@ -104,7 +197,7 @@ def test_benign_archives_extract_with_inner_links(arena: tuple[Path, Path], tmp_
 
 def test_not_an_archive_is_named(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_bytes(b"<html>login</html>")
-    with pytest.raises(UnsafeArchiveError, match="neither a tar nor a zip"):
+    with pytest.raises(ArchiveError, match="neither a tar nor a zip"):
         extract(tmp_path / "x.zip", tmp_path / "d")
 
 

@@ -18,7 +18,8 @@ import pipeline.train
 from deeplab.checkpoint import FolderLock
 from deeplab.config import load_params
 from deeplab.schedule import build_optimizer, build_scheduler
-from deeplab.train import State, build_model, save_checkpoint
+from deeplab.model import build_model
+from deeplab.train import State, save_checkpoint
 from tests.train_fixtures import PYTHON, ROOT, project, run_stage, shrink_params, write_prepared  # noqa: F401
 
 CELL = "voc-r50-os16"  # the cheaper stride for the tests that are not about the stride
