@@ -63,7 +63,7 @@ def ours(folder: Path, batches: int, batch: int) -> tuple[float, float]:
         images = torch.stack([s["image"] for s in samples])
         labels = torch.stack([s["label"] for s in samples])
         photometric = torch.stack([s["photometric"] for s in samples])
-        valid = torch.stack([s["valid_hw"] for s in samples])
+        valid = torch.stack([s["valid"] for s in samples])
         middle = time.perf_counter()
         x = normalize(photometric_distortion(images.float(), photometric), MEAN, STD, valid)  # the device's part
         worker, device = worker + middle - started, device + time.perf_counter() - middle

@@ -22,6 +22,7 @@ from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, evaluate_split,
                               summarize)
 from deeplab.metrics import ConfusionMatrix
 from deeplab.model import load_trained
+from deeplab.precision import configure_backends, precision_name
 from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_key
 from deeplab.train import Interrupted, cell_lock, train
 
@@ -125,27 +126,29 @@ def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
     started = time.perf_counter()
     meta = read_meta(cfg.prepared_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cudnn.benchmark = cfg.data.eval_scale is None  # native size: one shape, worth autotuning
+    spec = InputSpec.of(cfg, device)
+    configure_backends(spec.dtype, benchmark=cfg.data.eval_scale is None)  # native size: one shape, autotune
     model = load_trained(cfg, Path(cfg.files.model), device)
     if predictions_dir:
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
     scored = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
-                            spec=InputSpec.of(cfg, device), protocols=chosen, device=device,
+                            spec=spec, protocols=chosen, device=device,
                             workers=min(cfg.train.workers, cfg.evaluate.max_workers),
                             predictions_dir=predictions_dir, keep_samples=GRID_SAMPLES)
     results = {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}
     pictures = draw_pictures(cfg, results[SINGLE_SCALE.name], scored.samples, meta["palette"])
-    doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id())
+    doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
+                           precision_name(spec.dtype))
     return doc, pictures
 
 
 def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images: int, seconds: float,
-                     run_id: str | None) -> dict[str, Any]:
+                     run_id: str | None, precision: str) -> dict[str, Any]:
     """metrics.json: the single-scale numbers (the table's), the extra protocols, and provenance."""
     main = results[SINGLE_SCALE.name]
     fit = (f", keep-ratio resized to fit {list(cfg.data.eval_scale)}" if cfg.data.eval_scale else ", native size")
     return {"cell": cfg.cell.id, "preset": cfg.preset.name, "split": cfg.data.val_split,
-            "protocol": "single-scale whole image" + fit,
+            "protocol": f"single-scale whole image{fit}, {precision}", "precision": precision,
             **{k: main[k] for k in ("mIoU", "aAcc", "mAcc")}, "reference_mIoU": cfg.cell.reference_miou,
             "per_class_iou": main["per_class_iou"], "per_class_acc": main["per_class_acc"],
             "images": images, "seconds": round(seconds, 2),

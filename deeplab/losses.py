@@ -1,4 +1,11 @@
-"""The training loss of the recipe: cross-entropy averaged over non-ignored pixels, main + weighted aux."""
+"""The training loss of the recipe, normalised as the reference's 8 GPUs normalise it.
+
+The reference splits the global batch over ``reference_replicas`` (8) GPUs; each averages cross-entropy
+over the non-ignored pixels of its own images (2, or 1 for Cityscapes) and DDP averages the 8 gradients.
+So the batch loss is the mean over groups of consecutive images of each group's valid-pixel mean, however
+many GPUs and micro-batches this run uses: :func:`image_weights` gives each image the weight that makes
+``sum_i w_i * (cross-entropy summed over image i)`` exactly that, and :func:`criterion` applies it.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,26 +14,34 @@ import torch.nn.functional as F
 from deeplab.data.labels import IGNORE_INDEX
 
 
+def valid_pixels(labels: torch.Tensor) -> torch.Tensor:
+    """(N, H, W) labels -> (N,) count of non-ignored pixels per image."""
+    return (labels != IGNORE_INDEX).flatten(1).sum(1)
+
+
+def image_weights(group_valid: torch.Tensor, groups: torch.Tensor, world: int) -> torch.Tensor:
+    """Per-image loss weights: ``world / (G * valid pixels of the image's group)``.
+
+    ``group_valid`` (G,) counts each reference group's valid pixels over the whole global batch (summed
+    over ranks), ``groups`` (N,) the group of each of this rank's images. DDP averages the ``world`` ranks'
+    gradients, hence the factor ``world``; a group without valid pixels contributes nothing."""
+    return world / (len(group_valid) * group_valid.clamp(min=1).float()[groups])
+
+
 def criterion(outputs: dict[str, torch.Tensor], labels: torch.Tensor, *, aux_weight: float,
-              valid_pixels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+              weights: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Loss of one (micro-)batch: ``{"loss": total, "main": ..., "aux": ...}``.
 
     ``outputs["out"]`` / ``["aux"]`` are (N, C, H, W) logits, ``labels`` (N, H, W) class indices with 255
-    ignored. Each term is the sum of per-pixel cross-entropy divided by ``valid_pixels``; by default the
-    batch's own count of non-ignored pixels (the reference's mean). With gradient accumulation the caller
-    passes the count over the whole per-GPU batch, so the summed micro-batch losses equal the full batch's.
-    """
+    ignored. Each term is ``sum_i weights[i] * (cross-entropy summed over image i's pixels)``; by default
+    every image weighs 1 / (the batch's valid pixels): the plain valid-pixel mean of the batch."""
     labels = labels.long()
-    if valid_pixels is None:
-        valid_pixels = (labels != IGNORE_INDEX).sum()
-    denominator = valid_pixels.clamp(min=1).float()
-    terms = {"main": F.cross_entropy(outputs["out"].float(), labels, ignore_index=IGNORE_INDEX,
-                                     reduction="sum") / denominator}
-    total = terms["main"]
-    if "aux" in outputs:
-        terms["aux"] = F.cross_entropy(outputs["aux"].float(), labels, ignore_index=IGNORE_INDEX,
-                                       reduction="sum") / denominator
-        total = total + aux_weight * terms["aux"]
-    else:
-        terms["aux"] = torch.zeros_like(total)
-    return {"loss": total, **terms}
+    if weights is None:
+        weights = (1 / valid_pixels(labels).sum().clamp(min=1).float()).expand(len(labels))
+
+    def term(logits: torch.Tensor) -> torch.Tensor:
+        per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        return (per_pixel.flatten(1).sum(1) * weights).sum()
+    terms = {"main": term(outputs["out"])}
+    terms["aux"] = term(outputs["aux"]) if "aux" in outputs else torch.zeros_like(terms["main"])
+    return {"loss": terms["main"] + aux_weight * terms["aux"], **terms}

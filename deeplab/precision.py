@@ -27,3 +27,9 @@ def configure_backends(dtype: torch.dtype | None, deterministic: bool = False, b
     torch.backends.cudnn.benchmark = benchmark and not deterministic
     torch.backends.cuda.matmul.allow_tf32 = dtype is not None
     torch.backends.cudnn.allow_tf32 = dtype is not None
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """How a run computed, for the record: ``fp32 (TF32 off)`` or ``bf16 autocast`` / ``fp16 autocast``."""
+    names = {None: "fp32 (TF32 off)", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}
+    return names[dtype]

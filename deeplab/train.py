@@ -25,11 +25,10 @@ from torch.utils.data import DataLoader
 from deeplab import atomic
 from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
 from deeplab.config import CellConfig
-from deeplab.data.labels import IGNORE_INDEX
 from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
 from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.errors import PipelineError
-from deeplab.losses import criterion
+from deeplab.losses import criterion, image_weights, valid_pixels
 from deeplab.model import build_model
 from deeplab.paths import CellFiles
 from deeplab.precision import configure_backends, resolve_precision
@@ -81,28 +80,42 @@ def device_batch(batch: dict[str, torch.Tensor], device: torch.device,
     device; the photometric distortion and normalisation run here, on the whole batch."""
     images = batch["image"].to(device, non_blocking=True).float()
     images = normalize(photometric_distortion(images, batch["photometric"]), cfg.train.mean, cfg.train.std,
-                       batch["valid_hw"])
+                       batch["valid"])
     if cfg.train.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images, batch["label"].to(device, non_blocking=True)
 
 
+def reference_groups(cfg: CellConfig, ctx: Context) -> tuple[int, torch.Tensor]:
+    """The reference's split of the global batch into ``G`` per-GPU groups of consecutive images, and the
+    group of each image of this rank's share (in the sampler's slot order)."""
+    batch = cfg.data.batch_size
+    count = math.gcd(batch, cfg.train.reference_replicas)
+    share = batch // ctx.world
+    return count, torch.arange(ctx.rank * share, (ctx.rank + 1) * share) // (batch // count)
+
+
 def train_iteration(model: nn.Module, micro_batches: list[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
-                    scaler: torch.amp.GradScaler, cfg: CellConfig, device: torch.device,
+                    scaler: torch.amp.GradScaler, cfg: CellConfig, ctx: Context,
                     dtype: torch.dtype | None) -> torch.Tensor:
     """One optimiser step over this rank's share of the global batch; returns (loss, main, aux) on the
-    device (no host sync). Micro-batch losses are divided by the share's valid-pixel count, so
-    accumulation gives the gradient of the whole share."""
+    device (no host sync). Images are weighted as the reference's per-GPU valid-pixel means weigh them
+    (deeplab.losses), so any number of GPUs and micro-batches gives the reference's gradient."""
     optimizer.zero_grad(set_to_none=True)
+    device = ctx.device
     batches = [device_batch(b, device, cfg) for b in micro_batches]
-    valid = sum((labels != IGNORE_INDEX).sum() for _, labels in batches)
+    count, groups = reference_groups(cfg, ctx)
+    groups = groups.to(device)
+    valid = torch.cat([valid_pixels(labels) for _, labels in batches])
+    group_valid = sum_tensor(ctx, torch.zeros(count, dtype=valid.dtype, device=device).index_add_(0, groups, valid))
+    weights = image_weights(group_valid, groups, ctx.world).split([len(labels) for _, labels in batches])
     totals = torch.zeros(3, device=device)
     for k, (images, labels) in enumerate(batches):
         sync = k == len(batches) - 1 or not isinstance(model, DistributedDataParallel)
         with contextlib.nullcontext() if sync else model.no_sync():
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 outputs = model(images)
-            losses = criterion(outputs, labels, aux_weight=cfg.train.aux_weight, valid_pixels=valid)
+            losses = criterion(outputs, labels, aux_weight=cfg.train.aux_weight, weights=weights[k])
             scaler.scale(losses["loss"]).backward()
         totals += torch.stack([losses["loss"], losses["main"], losses["aux"]]).detach()
     scaler.step(optimizer)
@@ -268,7 +281,7 @@ def run_iterations(state: State, loader: DataLoader, cfg: CellConfig, ctx: Conte
         while state.iteration < max_iters:
             torch.manual_seed(sample_seed(t.seed, state.iteration, DROPOUT_SLOT + ctx.rank))  # dropout masks
             micro = [next(batches) for _ in range(accumulation)]
-            window.add(train_iteration(state.model, micro, state.optimizer, state.scaler, cfg, ctx.device, dtype),
+            window.add(train_iteration(state.model, micro, state.optimizer, state.scaler, cfg, ctx, dtype),
                        state.iteration, sum(len(m["label"]) for m in micro))
             state.iteration += 1
             at_log = state.iteration % t.log_every == 0 or state.iteration == max_iters

@@ -1,6 +1,6 @@
 """Joint (image, label) transforms of the training recipe (docs/recipe.md), in the reference's order:
 random keep-ratio rescale, random crop with the single-class rule, horizontal flip, photometric
-distortion, normalisation, padding to the crop size (image 0, label ignore).
+distortion, normalisation, padding to the crop size, centred (image 0, label ignore).
 
 Images stay uint8 ``(3, H, W)`` and labels uint8 ``(H, W)`` until normalisation. Every random draw comes
 from an explicit ``torch.Generator``, so a sample's augmentation is a pure function of its seed, whatever
@@ -110,12 +110,19 @@ def random_flip(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator,
 
 
 def pad(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad bottom and right to ``crop``: image with 0, label with the ignore index."""
-    dh, dw = crop[0] - image.shape[-2], crop[1] - image.shape[-1]
-    if dh <= 0 and dw <= 0:
+    """Pad to ``crop``, centred as the reference does: top = (H - h) // 2, left = (W - w) // 2, the rest at
+    the bottom and right; image with 0, label with the ignore index."""
+    top, left, bottom, right = pad_box(image.shape[-2:], crop)
+    if top == left == bottom == right == 0:
         return image, label
-    return (F.pad(image, (0, max(dw, 0), 0, max(dh, 0)), value=0),
-            F.pad(label, (0, max(dw, 0), 0, max(dh, 0)), value=IGNORE_INDEX))
+    return (F.pad(image, (left, right, top, bottom), value=0),
+            F.pad(label, (left, right, top, bottom), value=IGNORE_INDEX))
+
+
+def pad_box(size: tuple[int, int] | torch.Size, crop: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, bottom, right) padding that centres an image of ``size`` (h, w) in ``crop``."""
+    dh, dw = max(crop[0] - size[0], 0), max(crop[1] - size[1], 0)
+    return dh // 2, dw // 2, dh - dh // 2, dw - dw // 2
 
 
 @dataclass(frozen=True)
@@ -186,34 +193,36 @@ def photometric_distortion(images: torch.Tensor, params: torch.Tensor) -> torch.
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-              valid_hw: torch.Tensor | None = None) -> torch.Tensor:
+              valid: torch.Tensor | None = None) -> torch.Tensor:
     """(N, 3, H, W) float in [0, 255] -> normalised with the per-channel ``mean``/``std`` (train.yaml). With
-    ``valid_hw`` (N, 2), pixels beyond each sample's valid height/width (its padding) are set to 0 after
-    normalisation, which equals padding the normalised image with 0 as the reference does."""
+    ``valid`` (N, 4: top, left, height, width of each sample's image inside its padding), the padding is set
+    to 0 after normalisation, which equals padding the normalised image with 0 as the reference does."""
     mean = torch.tensor(mean, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     std = torch.tensor(std, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     x = (images - mean) / std
-    if valid_hw is not None:
+    if valid is not None:
         rows = torch.arange(x.shape[-2], device=x.device).view(1, -1, 1)
         cols = torch.arange(x.shape[-1], device=x.device).view(1, 1, -1)
-        hw = valid_hw.to(x.device)
-        inside = (rows < hw[:, 0].view(-1, 1, 1)) & (cols < hw[:, 1].view(-1, 1, 1))  # (N, H, W)
+        top, left, height, width = (v.view(-1, 1, 1) for v in valid.to(x.device).unbind(1))
+        inside = (rows >= top) & (rows < top + height) & (cols >= left) & (cols < left + width)  # (N, H, W)
         x = x * inside[:, None].to(x.dtype)
     return x
 
 
 def train_sample(image: torch.Tensor, label: torch.Tensor, aug: Augmentation, seed: int) -> dict[str, torch.Tensor]:
     """The worker side of the training chain for one sample: rescale, crop, flip, pad, and the drawn
-    photometric parameters. Returns uint8 ``image`` (3, h, w), ``label`` (h, w), ``valid_hw`` (2,) and
-    ``photometric`` (5,); the batch side is :func:`photometric_distortion` then :func:`normalize`."""
+    photometric parameters. Returns uint8 ``image`` (3, h, w), ``label`` (h, w), ``valid`` (4,: top, left,
+    height, width of the image inside its padding) and ``photometric`` (5,); the batch side is
+    :func:`photometric_distortion` then :func:`normalize`."""
     gen = torch.Generator().manual_seed(seed)
     image, label = random_rescale(image, label, aug.base_scale, aug.ratio_range, gen)
     image, label = random_crop(image, label, aug.crop, aug.cat_max_ratio, gen, aug.crop_tries)
     image, label = random_flip(image, label, gen, aug.flip_prob)
     photometric = draw_photometric(gen, aug)
-    valid_hw = torch.tensor(image.shape[-2:], dtype=torch.int32)
+    top, left, _, _ = pad_box(image.shape[-2:], aug.crop)
+    valid = torch.tensor([top, left, *image.shape[-2:]], dtype=torch.int32)
     image, label = pad(image, label, aug.crop)
-    return {"image": image.contiguous(), "label": label.contiguous(), "valid_hw": valid_hw,
+    return {"image": image.contiguous(), "label": label.contiguous(), "valid": valid,
             "photometric": photometric.as_tensor()}
 
 

@@ -14,7 +14,7 @@ from deeplab.config import load_params
 from deeplab.evaluate import SINGLE_SCALE, InputSpec, _windows, multi_scale, predict, sliding_window
 from deeplab.model import build_model
 from deeplab.train import save_final
-from tests.train_fixtures import ROOT, project  # noqa: F401  (fixture)
+from tests.train_fixtures import ROOT, project, shrink_params  # noqa: F401  (fixture)
 
 CELL = "voc-r50-os16"
 PARAMS = load_params(ROOT / "params")
@@ -90,3 +90,27 @@ def test_weights_of_another_config_are_refused(project: Path, monkeypatch: pytes
     assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 2
     assert "different resolved config" in capsys.readouterr().err
     assert not (project / "results" / "smoke" / CELL / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("precision, expected", [("fp32", "fp32 (TF32 off)"), ("bf16", "bf16 autocast")])
+def test_fp32_means_fp32_in_evaluation_and_metrics_say_which(precision: str, expected: str, project: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation sets the backends itself (TF32 off for fp32: cuDNN allows it by default) and records the
+    precision that scored it."""
+    shrink_params(project / "params", train={"precision": precision})
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve(CELL, "smoke")
+    save_final(build_model(cfg, torch.device("cpu")), cfg, Path(cfg.files.model), 4)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # as another job left them
+    autocast_seen = []
+    real = torch.autocast
+
+    def spy(*args: object, **kwargs: object) -> object:
+        autocast_seen.append(kwargs.get("enabled", True))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(torch, "autocast", spy)
+    assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    metrics = json.loads(Path(cfg.files.metrics).read_text())
+    assert metrics["precision"] == expected and metrics["protocol"].endswith(expected)
+    tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
+    assert (not tf32 and not any(autocast_seen)) if precision == "fp32" else (tf32 and all(autocast_seen))

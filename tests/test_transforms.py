@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import colorsys
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -39,16 +41,24 @@ def test_keep_ratio_size_fits_the_scale_like_the_reference() -> None:
     assert keep_ratio_size(100, 1000, (2048, 512)) == (205, 2048)  # long side limited
 
 
-def test_pad_uses_zero_for_images_and_ignore_for_labels() -> None:
-    image, label = torch.full((3, 5, 7), 9, dtype=torch.uint8), torch.ones(5, 7, dtype=torch.uint8)
-    padded_image, padded_label = pad(image, label, (8, 10))
-    assert padded_image.shape == (3, 8, 10) and padded_label.shape == (8, 10)
-    assert padded_image[:, 5:].eq(0).all() and padded_image[:, :, 7:].eq(0).all()
-    assert padded_label[5:].eq(IGNORE_INDEX).all() and padded_label[:, 7:].eq(IGNORE_INDEX).all()
-    assert padded_label[:5, :7].eq(1).all()
-    # normalising with the valid size zeroes the padding, as padding the normalised image with 0 would
-    x = normalize(padded_image[None].float(), CFG.train.mean, CFG.train.std, torch.tensor([[5, 7]]))
-    assert x[:, :, 5:].eq(0).all() and x[:, :, :, 7:].eq(0).all() and x[:, :, :5, :7].ne(0).all()
+def test_pad_is_centred_with_zero_for_images_and_ignore_for_labels() -> None:
+    """The reference pads a smaller crop centred: top = (H - h) // 2, left = (W - w) // 2, the rest below and
+    to the right; the image with 0 after normalisation, the label with the ignore index."""
+    image = torch.randint(0, 256, (3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    label = torch.ones(5, 7, dtype=torch.uint8)
+    padded_image, padded_label = pad(image, label, (8, 11))
+    expected_label = np.pad(label.numpy(), ((1, 2), (2, 2)), constant_values=IGNORE_INDEX)  # (8-5)//2, (11-7)//2
+    np.testing.assert_array_equal(padded_label.numpy(), expected_label)
+    np.testing.assert_array_equal(padded_image.numpy(), np.pad(image.numpy(), ((0, 0), (1, 2), (2, 2))))
+    # the whole chain equals the reference's order: normalise the crop, then pad it with 0, centred
+    mean, std = CFG.train.mean, CFG.train.std
+    ours = normalize(padded_image[None].float(), mean, std, torch.tensor([[1, 2, 5, 7]]))
+    reference = (image.float().numpy() - np.array(mean)[:, None, None]) / np.array(std)[:, None, None]
+    reference = np.pad(reference, ((0, 0), (1, 2), (2, 2)))
+    np.testing.assert_allclose(ours[0].numpy(), reference, rtol=1e-6, atol=1e-5)
+    aug = dataclasses.replace(Augmentation.of(CFG), base_scale=(10, 5), ratio_range=(1.0, 1.0), crop=(8, 11))
+    sample = train_sample(image, label, aug, seed=3)
+    assert sample["valid"].tolist() == [1, 2, 5, 7] and sample["label"][0].eq(IGNORE_INDEX).all()
 
 
 def test_crop_redraws_while_one_class_dominates() -> None:
