@@ -1,4 +1,4 @@
-# The DAG of the reproduction: download -> prepare -> train (one GPU job per cell) -> evaluate -> table.
+# The DAG of the reproduction: download -> prepare -> train (one GPU job per cell and seed) -> evaluate -> table.
 #   snakemake --cores all results/table.md                      the full recipe (needs GPUs and the data)
 #   snakemake --cores all --config preset=smoke                 the smoke preset on CPU, in minutes
 #   snakemake --profile profiles/slurm results/table.md         one SLURM job per cell
@@ -6,6 +6,7 @@
 # which this file and the stages both ask (so a rule's outputs are exactly what its command writes); rules
 # pass only ids and the preset. dvc.yaml runs the same commands.
 import math
+import re
 import sys
 
 sys.path.insert(0, workflow.basedir)  # the checkout's own deeplab/, also when not pip-installed
@@ -20,35 +21,36 @@ if PRESET not in PARAMS.presets:
                      f"(params/presets.yaml)")
 PATHS = PARAMS.preset(PRESET).paths
 CELLS = PARAMS.cells
+RUNS = {run.run_key: run for run in PARAMS.runs(PRESET)}  # "<cell>", or "<cell>/seed<k>" for further seeds
 PY = sys.executable  # the interpreter running Snakemake: the project's venv, also on cluster nodes
 STAGE_ARGS = f"--preset {PRESET} --params {PARAMS_DIR}"
 
 wildcard_constraints:
     dataset="|".join(DATASETS),
     backbone="|".join(BACKBONES),
-    cell="|".join(CELLS),
+    run="|".join(map(re.escape, RUNS)),
 
 # Small, network-bound or bookkeeping jobs stay on the submitting host under a cluster executor.
 localrules: all, download_dataset, download_weights, init_tracking, make_table
 
 
-def cell_config(cell):
-    return PARAMS.resolve(cell, PRESET)
-
-
 def weights_for(wildcards):
     """The backbone's ImageNet checkpoint, only when the preset trains from it."""
-    config_ = cell_config(wildcards.cell)
-    if config_.model.pretrained == "none":
-        return []
-    return PATHS.weights_manifest(config_.cell.backbone)
+    run = RUNS[wildcards.run]
+    return [] if run.model.pretrained == "none" else PATHS.weights_manifest(run.cell.backbone)
 
 
 def train_minutes(wildcards):
     """Wall-clock request: the FLOPs estimate at an A100-class rate, 1.5x margin, over the cell's GPUs."""
-    config_ = cell_config(wildcards.cell)
-    hours = gpu_hours(config_, "A100") * 1.5 / config_.cell.gpus
+    run = RUNS[wildcards.run]
+    hours = gpu_hours(run, "A100") * 1.5 / run.cell.gpus
     return max(60, math.ceil(hours * 60))  # a killed job resumes from its checkpoint on rerun anyway
+
+
+def run_args(wildcards):
+    """The stage arguments naming one run: its cell and seed."""
+    run = RUNS[wildcards.run]
+    return f"--cell {run.cell.id} --seed {run.train.seed}"
 
 
 rule all:
@@ -83,40 +85,43 @@ rule init_tracking:  # create the MLflow store and experiment once: parallel fir
     shell: "{PY} -m pipeline.init_tracking {STAGE_ARGS} > {log} 2>&1"
 
 
-rule train_cell:
+rule train_cell:  # one job per training run: a cell, or a further seed of it
     input:
-        meta=lambda w: PATHS.prepared_meta(CELLS[w.cell].dataset),
+        meta=lambda w: PATHS.prepared_meta(RUNS[w.run].cell.dataset),
         weights=weights_for,
         tracking=ancient(rules.init_tracking.output.store),  # order only: a re-made store retrains nothing
-    output: model=PATHS.cell("{cell}").model  # written last; the training log and config beside it
-    log: PATHS.log("train_cell", "{cell}")
+    output: model=PATHS.run("{run}").model  # written last; the training log and config beside it
+    log: PATHS.log("train_cell", "{run}")
     params:
-        config_digest=lambda w: cell_config(w.cell).digest(),  # a changed recipe reruns only its cells
-    threads: lambda w: CELLS[w.cell].gpus * (cell_config(w.cell).train.workers + 1)
+        config_digest=lambda w: RUNS[w.run].digest(),  # a changed recipe reruns only its cells
+        cell=lambda w: RUNS[w.run].cell.id,
+        run=run_args,
+    threads: lambda w: RUNS[w.run].cell.gpus * (RUNS[w.run].train.workers + 1)
     resources:
-        gpu=lambda w: CELLS[w.cell].gpus,
-        mem_mb=lambda w: CELLS[w.cell].gpus * (4000 + 2000 * cell_config(w.cell).train.workers),
+        gpu=lambda w: RUNS[w.run].cell.gpus,
+        mem_mb=lambda w: RUNS[w.run].cell.gpus * (4000 + 2000 * RUNS[w.run].train.workers),
         runtime=train_minutes,
     shell:  # gpu_slot: its own GPU(s), torchrun when the cell has several; the log keeps resumed attempts
-        "{PY} -m pipeline.gpu_slot --cell {wildcards.cell} --params {PARAMS_DIR}"
-        " -m pipeline.train --cell {wildcards.cell} {STAGE_ARGS} >> {log} 2>&1"
+        "{PY} -m pipeline.gpu_slot --cell {params.cell} --params {PARAMS_DIR}"
+        " -m pipeline.train {params.run} {STAGE_ARGS} >> {log} 2>&1"
 
 
 rule evaluate_cell:
     input:
         model=rules.train_cell.output.model,
-        meta=lambda w: PATHS.prepared_meta(CELLS[w.cell].dataset),
+        meta=lambda w: PATHS.prepared_meta(RUNS[w.run].cell.dataset),
         tracking=ancient(rules.init_tracking.output.store),
-    output: metrics=PATHS.cell("{cell}").metrics
-    log: PATHS.log("evaluate_cell", "{cell}")
-    threads: lambda w: cell_config(w.cell).train.workers + 1  # as training: loader workers + the main process
+    output: metrics=PATHS.run("{run}").metrics
+    log: PATHS.log("evaluate_cell", "{run}")
+    params: run=run_args
+    threads: lambda w: RUNS[w.run].train.workers + 1  # as training: loader workers + the main process
     resources: gpu=1, mem_mb=16000, runtime=2 * 60
     shell:
-        "{PY} -m pipeline.gpu_slot --gpus 1 -m pipeline.evaluate --cell {wildcards.cell} {STAGE_ARGS} > {log} 2>&1"
+        "{PY} -m pipeline.gpu_slot --gpus 1 -m pipeline.evaluate {params.run} {STAGE_ARGS} > {log} 2>&1"
 
 
 rule make_table:
-    input: metrics=[PATHS.cell(cell).metrics for cell in CELLS]
+    input: metrics=[PATHS.run(run).metrics for run in RUNS]
     output:  # the full preset also rewrites README.md's results block
         table=PATHS.table(),
         summary=PATHS.summary(),

@@ -21,7 +21,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from deeplab.errors import PipelineError
-from deeplab.paths import CellFiles, Paths
+from deeplab.paths import CellFiles, Paths, run_key
 
 DATASETS = ("voc", "ade20k", "cityscapes")
 BACKBONES = ("r50", "r101")
@@ -204,7 +204,14 @@ class Preset:
     experiment: str
     synthetic: bool
     expect_official_counts: bool
+    seeds: Mapping[str, tuple[int, ...]]  # cell -> seeds to train; a cell not listed trains train.seed only
     overrides: Mapping[str, Any]
+
+    def check(self) -> dict[str, str]:
+        for cell, seeds in self.seeds.items():
+            if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+                return {f"seeds.{cell}": "must be a non-empty list of distinct seeds >= 0"}
+        return {}
 
     @property
     def paths(self) -> Paths:
@@ -222,11 +229,22 @@ class CellConfig:
     train: TrainSettings
     evaluate: EvalSettings
     preset: Preset
+    extra_seed: bool = False  # True: one of the cell's further seeds, with files of its own (deeplab.paths)
+
+    @property
+    def run_key(self) -> str:
+        """This run's folder under the results: the cell id, or ``<cell>/seed<k>`` for further seeds."""
+        return run_key(self.cell.id, self.train.seed if self.extra_seed else None)
 
     @property
     def files(self) -> CellFiles:
-        """This cell's files under its preset."""
-        return self.preset.paths.cell(self.cell.id)
+        """This run's files under its preset: the cell's folder, or its seed's folder for further seeds."""
+        return self.preset.paths.run(self.run_key)
+
+    @property
+    def run_name(self) -> str:
+        """The MLflow run's name: the cell id, with the seed for further seeds."""
+        return f"{self.cell.id} seed {self.train.seed}" if self.extra_seed else self.cell.id
 
     @property
     def prepared_dir(self) -> str:
@@ -275,15 +293,30 @@ class Params:
     evaluate: EvalSettings
     presets: Mapping[str, Preset]
 
-    def resolve(self, cell_id: str, preset: str = "full") -> CellConfig:
+    def resolve(self, cell_id: str, preset: str = "full", seed: int | None = None) -> CellConfig:
+        """The recipe of one run: ``cell_id`` under ``preset``, with ``seed`` (default: train.seed)."""
         if cell_id not in self.cells:
             raise UnknownName(f"unknown cell '{cell_id}'; known cells: {', '.join(self.cells)}")
         chosen = self.preset(preset)
         cell = self.cells[cell_id]
+        train = self._section("train", self.train, chosen)
+        extra = seed is not None and seed != train.seed
+        if extra and seed not in self.seeds(cell_id, preset):
+            raise UnknownName(f"seed {seed} is not one of cell {cell_id}'s seeds under preset {preset} "
+                              f"({list(self.seeds(cell_id, preset))}; presets.{preset}.seeds in params/presets.yaml)")
         return CellConfig(cell=cell, data=self.dataset(cell.dataset, preset),
                           model=self._section("model", self.model, chosen),
-                          train=self._section("train", self.train, chosen),
-                          evaluate=self._section("evaluate", self.evaluate, chosen), preset=chosen)
+                          train=dataclasses.replace(train, seed=seed) if extra else train,
+                          evaluate=self._section("evaluate", self.evaluate, chosen), preset=chosen, extra_seed=extra)
+
+    def seeds(self, cell_id: str, preset: str = "full") -> tuple[int, ...]:
+        """The seeds ``cell_id`` trains with under ``preset`` (its train.seed unless the preset lists more)."""
+        chosen = self.preset(preset)
+        return chosen.seeds.get(cell_id) or (self._section("train", self.train, chosen).seed,)
+
+    def runs(self, preset: str = "full") -> list[CellConfig]:
+        """Every training run of ``preset``: one per cell and seed, the cell's default seed first."""
+        return [self.resolve(cell_id, preset, seed) for cell_id in self.cells for seed in self.seeds(cell_id, preset)]
 
     def preset(self, name: str) -> Preset:
         if name not in self.presets:
@@ -322,7 +355,7 @@ def load_params(params_dir: str | Path = "params") -> Params:
                                                  ())["evaluate"], params_dir / "evaluate.yaml", ("evaluate",))
     presets_doc = _expect_keys(docs["presets.yaml"], {"presets"}, params_dir / "presets.yaml", ())["presets"]
     base = {"datasets": datasets, "model": model, "train": train, "evaluate": evaluate}
-    presets = {name: _build_preset(name, raw, base, params_dir / "presets.yaml")
+    presets = {name: _build_preset(name, raw, base, params_dir / "presets.yaml", cells)
                for name, raw in _mapping(presets_doc, params_dir / "presets.yaml", ("presets",)).items()}
     if "full" not in presets:
         raise ParamsError(f"{params_dir / 'presets.yaml'}: presets: the 'full' preset is required")
@@ -355,7 +388,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _build_preset(name: str, raw: Any, base: Mapping[str, Any], path: Path) -> Preset:
+def _build_preset(name: str, raw: Any, base: Mapping[str, Any], path: Path, cells: Mapping[str, Cell]) -> Preset:
     where = ("presets", name)
     raw = dict(_mapping(raw, path, where))
     overrides = _mapping(raw.get("overrides", {}), path, where + ("overrides",))
@@ -370,7 +403,11 @@ def _build_preset(name: str, raw: Any, base: Mapping[str, Any], path: Path) -> P
         else:
             checked[section] = _fields(type(base[section]), values, path, spot, partial=True)
     raw["overrides"] = checked
-    return _build(Preset, {"name": name, **raw}, path, where)
+    preset = _build(Preset, {"name": name, **raw}, path, where)
+    unknown = sorted(set(preset.seeds) - set(cells))
+    if unknown:
+        raise ParamsError(f"{_where(path, where + ('seeds', unknown[0]))}: unknown cell; known: {', '.join(cells)}")
+    return preset
 
 
 def _build(cls: type, raw: Any, path: Path, where: tuple[str, ...]) -> Any:

@@ -49,8 +49,8 @@ def backbone_weights(cfg: CellConfig) -> Path | None:
 
 def run_tags(cfg: CellConfig) -> dict[str, str]:
     git = git_state(Path.cwd())
-    return {"cell": cfg.cell.id, "dataset": cfg.cell.dataset, "backbone": cfg.cell.backbone,
-            "output_stride": str(cfg.cell.output_stride), "preset": cfg.preset.name,
+    return {"cell": cfg.cell.id, "seed": str(cfg.train.seed), "dataset": cfg.cell.dataset,
+            "backbone": cfg.cell.backbone, "output_stride": str(cfg.cell.output_stride), "preset": cfg.preset.name,
             "git_commit": git["git_commit"], "git_dirty": str(git["git_dirty"]),
             "data_hash": manifest_hash(cfg.prepared_dir, cfg.data.train_split), "config_digest": cfg.digest()}
 
@@ -83,7 +83,7 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
         doc = {**cfg.to_dict(), "digest": cfg.digest(), "max_iters": max_iters, "world_size": ctx.world}
         atomic.write_text(files.config, yaml.safe_dump(doc, sort_keys=False))
     tracker = tracker_for(cfg, enabled=ctx.is_main)
-    tracker.start(cfg.cell.id, params=cfg.to_dict(), tags=run_tags(cfg))
+    tracker.start(cfg.run_name, params=cfg.to_dict(), tags=run_tags(cfg))
     try:
         final = train(cfg, prepared_dir=cfg.prepared_dir, files=files, ctx=ctx, max_iters=max_iters,
                       weights=weights, on_metrics=tracker.log_metrics, on_validate=validator(cfg, ctx, tracker))
@@ -108,7 +108,7 @@ def protocols(cfg: CellConfig, multi: bool, sliding: bool) -> list[Protocol]:
 def run_evaluation(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None = None) -> dict[str, Any]:
     """Score the cell's model on its val split; write the pictures and metrics.json; return its content."""
     tracker = tracker_for(cfg)
-    tracker.start(cfg.cell.id)  # in the background, while the split is scored
+    tracker.start(cfg.run_name)  # in the background, while the split is scored
     try:
         doc, pictures = score(cfg, chosen, predictions_dir, tracker)
     except BaseException:
@@ -147,7 +147,7 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
     """metrics.json: the single-scale numbers (the table's), the extra protocols, and provenance."""
     main = results[SINGLE_SCALE.name]
     fit = (f", keep-ratio resized to fit {list(cfg.data.eval_scale)}" if cfg.data.eval_scale else ", native size")
-    return {"cell": cfg.cell.id, "preset": cfg.preset.name, "split": cfg.data.val_split,
+    return {"cell": cfg.cell.id, "seed": cfg.train.seed, "preset": cfg.preset.name, "split": cfg.data.val_split,
             "protocol": f"single-scale whole image{fit}, {precision}", "precision": precision,
             **{k: main[k] for k in ("mIoU", "aAcc", "mAcc")}, "reference_mIoU": cfg.cell.reference_miou,
             "per_class_iou": main["per_class_iou"], "per_class_acc": main["per_class_acc"],
@@ -158,7 +158,7 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
 
 
 def draw_pictures(cfg: CellConfig, result: dict[str, Any], samples: list, palette: list) -> list[Path]:
-    files, title = cfg.files, f"{cfg.cell.id} ({cfg.preset.name})"
+    files, title = cfg.files, f"{cfg.run_name} ({cfg.preset.name})"
     pictures = [plots.iou_bars(result["per_class_iou"], files.picture("iou_per_class"), f"{title}: val IoU"),
                 plots.prediction_grid(samples, palette, files.picture("predictions"), title)]
     if Path(files.train_log).is_file():

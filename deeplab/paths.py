@@ -10,7 +10,8 @@ Layout, relative to the project root::
     <data_dir>/raw/<dataset>/            the official archives and manifest.json (what was fetched, sha256)
     <data_dir>/raw/weights/              ImageNet checkpoints and manifest-<backbone>.json
     <data_dir>/prepared/<dataset>/       splits/, labels, meta.json (written last)
-    <results_dir>/<cell>/                one cell: see CellFiles
+    <results_dir>/<cell>/                one cell (its default seed): see CellFiles
+    <results_dir>/<cell>/seed<k>/        a further seed k of the cell, the same files
     <results_dir>/table.md, summary.csv, per_class_iou.csv, mlflow.json
     logs/<preset>/<rule>/...             Snakemake's per-job logs
 """
@@ -65,6 +66,11 @@ class CellFiles:
 PICTURES = ("iou_per_class", "learning_curves", "predictions")
 
 
+def run_key(cell_id: str, seed: int | None = None) -> str:
+    """A training run's folder under the results: ``<cell>`` for its default seed, ``<cell>/seed<k>`` else."""
+    return cell_id + (f"/seed{seed}" if seed is not None else "")
+
+
 @dataclass(frozen=True)
 class Paths:
     """Where one preset's files live (relative to the project root)."""
@@ -96,8 +102,13 @@ class Paths:
         """Written last by the prepare stage: its presence marks a complete prepared folder."""
         return f"{self.prepared_dir(dataset)}/meta.json"
 
-    def cell(self, cell_id: str) -> CellFiles:
-        return CellFiles(f"{self.results_dir}/{cell_id}")
+    def cell(self, cell_id: str, seed: int | None = None) -> CellFiles:
+        """One cell's files; a further seed of the cell (not its default) has a folder of its own inside."""
+        return self.run(run_key(cell_id, seed))
+
+    def run(self, key: str) -> CellFiles:
+        """The files of the training run ``key`` (see :func:`run_key`)."""
+        return CellFiles(f"{self.results_dir}/{key}")
 
     def tracking_marker(self) -> str:
         """Written by init_tracking: the MLflow store's URI and the experiment id."""

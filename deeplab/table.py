@@ -5,12 +5,18 @@ the GPU-hours from its training log); the markdown tables are that frame rendere
 ``DataFrame.to_markdown`` (tabulate), one section per dataset with the seed table's columns (Backbone,
 Crop Size, Schedule, Train/Eval Set, mIoU, Download) plus the reference mIoU and the difference. The same
 frame is written as ``summary.csv`` (one row per cell) and its per-class IoU as ``per_class_iou.csv``
-(one row per cell and class). A cell without metrics shows "-" in markdown and empty fields in the CSVs.
+(one row per run and class). A cell without metrics shows "-" in markdown and empty fields in the CSVs.
+
+A cell trained with several seeds (``presets.<preset>.seeds``) shows the mean ± the sample standard
+deviation over its finished seeds and their number, ``77.90 ± 0.31% (n=3)``, or ``(n=2 of 3)`` while
+some still run; the difference to the reference is that of the mean.
 """
 from __future__ import annotations
 
 import csv
 import json
+import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,6 +24,7 @@ import pandas as pd
 
 from deeplab.config import DATASETS, Params
 from deeplab.errors import PipelineError
+from deeplab.paths import CellFiles
 
 BEGIN = "<!-- results-table:begin -->"
 END = "<!-- results-table:end -->"
@@ -25,27 +32,39 @@ BACKBONE_NAMES = {"r50": "ResNet50", "r101": "ResNet101"}
 PRETRAINED_NAMES = {"imagenet": "ImageNet", "none": "None"}
 POLICY = "poly"  # the recipe's only learning-rate policy (train.yaml: poly_power, min_lr)
 HEADER = ("Backbone", "Crop Size", "Schedule", "Train/Eval Set", "mIoU", "Reference", "Diff", "Download")
-SUMMARY_COLUMNS = ("cell", "dataset", "backbone", "output_stride", "mIoU", "aAcc", "mAcc", "reference_mIoU",
-                   "diff", "seeds", "gpu_hours")
+SUMMARY_COLUMNS = ("cell", "dataset", "backbone", "output_stride", "mIoU", "mIoU_std", "aAcc", "mAcc",
+                   "reference_mIoU", "diff", "seeds", "seeds_planned", "gpu_hours")
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One evaluated run of a cell: its metrics.json, its files and seed (None: unknown, e.g. in a test)."""
+
+    doc: Mapping[str, Any]
+    files: CellFiles | None = None
+    seed: int | None = None
+
+
+Metrics = Mapping[str, list[Finished]]  # cell -> its evaluated runs (one per seed finished so far)
 
 
 class TableError(PipelineError, ValueError):
     """A metrics file or README.md cannot be used; the message names the file and the fix."""
 
 
-def read_metrics(root: Path, params: Params, preset: str) -> dict[str, dict[str, Any] | None]:
-    """Each cell's ``metrics.json`` under ``preset`` (None where the cell has not been evaluated yet)."""
-    found: dict[str, dict[str, Any] | None] = {}
-    for cell_id in params.cells:
-        path = root / params.preset(preset).paths.cell(cell_id).metrics
+def read_metrics(root: Path, params: Params, preset: str) -> dict[str, list[Finished]]:
+    """Each cell's finished runs under ``preset``: the ``metrics.json`` of each of its seeds evaluated so far."""
+    found: dict[str, list[Finished]] = {cell_id: [] for cell_id in params.cells}
+    for run in params.runs(preset):
+        path = root / run.files.metrics
         if not path.is_file():
-            found[cell_id] = None
             continue
         try:
-            found[cell_id] = json.loads(path.read_text())
+            doc = json.loads(path.read_text())
         except json.JSONDecodeError as error:
-            raise TableError(f"{path}: not valid JSON ({error}); rerun the evaluate stage of {cell_id}") from error
-        miou_percent(found[cell_id], path)  # fail here, naming the file, rather than mid-render
+            raise TableError(f"{path}: not valid JSON ({error}); rerun the evaluate stage of {run.run_name}") from error
+        miou_percent(doc, path)  # fail here, naming the file, rather than mid-render
+        found[run.cell.id].append(Finished(doc, run.files, run.train.seed))
     return found
 
 
@@ -72,21 +91,21 @@ def gpu_hours(train_log: Path, gpus: int) -> float | None:
     return seconds * gpus / 3600 if rows else None
 
 
-def cell_frame(params: Params, preset: str, metrics: Mapping[str, Mapping[str, Any] | None],
-               root: Path = Path(".")) -> pd.DataFrame:
+def cell_frame(params: Params, preset: str, metrics: Metrics, root: Path = Path(".")) -> pd.DataFrame:
     """One row per cell: what the table shows and what summary.csv holds (NaN where not yet measured)."""
     rows = []
     for cell_id, cell in params.cells.items():
-        found = metrics.get(cell_id)
-        miou = miou_percent(found, cell_id) if found is not None else None
-        files = params.preset(preset).paths.cell(cell_id)
+        runs = metrics.get(cell_id, [])
+        mious = [miou_percent(run.doc, cell_id) for run in runs]
+        mean = lambda key: statistics.fmean(run.doc[key] for run in runs) if runs else None  # noqa: E731
+        hours = [gpu_hours(root / run.files.train_log, cell.gpus) for run in runs if run.files is not None]
         rows.append({"cell": cell_id, "dataset": cell.dataset, "backbone": cell.backbone,
-                     "output_stride": cell.output_stride, "mIoU": miou,
-                     "aAcc": found.get("aAcc") if found else None, "mAcc": found.get("mAcc") if found else None,
-                     "reference_mIoU": cell.reference_miou,
-                     "diff": miou - cell.reference_miou if miou is not None else None,
-                     "seeds": 1 if found is not None else 0,
-                     "gpu_hours": gpu_hours(root / files.train_log, cell.gpus) if found is not None else None})
+                     "output_stride": cell.output_stride, "mIoU": mean("mIoU"),
+                     "mIoU_std": statistics.stdev(mious) if len(mious) > 1 else None,
+                     "aAcc": mean("aAcc"), "mAcc": mean("mAcc"), "reference_mIoU": cell.reference_miou,
+                     "diff": mean("mIoU") - cell.reference_miou if runs else None, "seeds": len(runs),
+                     "seeds_planned": len(params.seeds(cell_id, preset)),
+                     "gpu_hours": sum(hours) if hours and None not in hours else None})
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
@@ -95,31 +114,30 @@ def to_csv(frame: pd.DataFrame) -> str:
     return frame.to_csv(index=False, float_format="%.4f", lineterminator="\n")
 
 
-def per_class_frame(params: Params, metrics: Mapping[str, Mapping[str, Any] | None]) -> pd.DataFrame:
-    """One row per (evaluated cell, class): the per-class IoU behind each mIoU (empty: class absent)."""
-    rows = [{"cell": cell_id, "dataset": params.cells[cell_id].dataset, "class_index": index, "class": name,
-             "iou": iou}
-            for cell_id, found in metrics.items() if found is not None
-            for index, (name, iou) in enumerate(found.get("per_class_iou", {}).items())]
-    return pd.DataFrame(rows, columns=["cell", "dataset", "class_index", "class", "iou"])
+def per_class_frame(params: Params, metrics: Metrics) -> pd.DataFrame:
+    """One row per (evaluated run, class): the per-class IoU behind each mIoU (empty: class absent)."""
+    rows = [{"cell": cell_id, "seed": run.seed, "dataset": params.cells[cell_id].dataset,
+             "class_index": index, "class": name, "iou": iou}
+            for cell_id, runs in metrics.items() for run in runs
+            for index, (name, iou) in enumerate(run.doc.get("per_class_iou", {}).items())]
+    return pd.DataFrame(rows, columns=["cell", "seed", "dataset", "class_index", "class", "iou"])
 
 
-def render(params: Params, preset: str, metrics: Mapping[str, Mapping[str, Any] | None], link_base: str,
-           root: Path = Path(".")) -> str:
+def render(params: Params, preset: str, metrics: Metrics, link_base: str, root: Path = Path(".")) -> str:
     """Markdown of the three sections. ``link_base``: path from the table's file to the results folder."""
     frame = cell_frame(params, preset, metrics, root)
     sections = []
     for dataset in DATASETS:
         rows = frame[frame["dataset"] == dataset]
-        shown = pd.DataFrame([_row(params, preset, row, link_base) for row in rows.itertuples()],
-                             columns=list(HEADER))
+        shown = pd.DataFrame([_row(params, preset, row, metrics.get(row.cell, []), link_base)
+                              for row in rows.itertuples()], columns=list(HEADER))
         table = shown.to_markdown(index=False, tablefmt="pipe", colalign=("center",) * len(HEADER),
                                   disable_numparse=True)
         sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{table}")
     return "\n\n".join(sections) + "\n"
 
 
-def _row(params: Params, preset: str, row: Any, link_base: str) -> tuple[str, ...]:
+def _row(params: Params, preset: str, row: Any, runs: list[Finished], link_base: str) -> tuple[str, ...]:
     config = params.resolve(row.cell, preset)
     cell, data = config.cell, config.data
     pretrained = PRETRAINED_NAMES[config.model.pretrained]
@@ -132,10 +150,15 @@ def _row(params: Params, preset: str, row: Any, link_base: str) -> tuple[str, ..
     reference = f"{cell.reference_miou:.2f}%"
     if pd.isna(row.mIoU):
         return backbone, crop, schedule, sets, "-", reference, "-", "-"
-    files = config.preset.paths.cell(row.cell)
+    files = runs[0].files or config.preset.paths.cell(row.cell)
     download = " &#124; ".join(f"[{name}]({_link(path, config.preset.results_dir, link_base)})" for name, path
                                in (("cfg", files.config), ("model", files.model), ("log", files.train_log)))
-    return backbone, crop, schedule, sets, f"{row.mIoU:.2f}%", reference, f"{row.diff:+.2f}", download
+    if row.seeds_planned == 1:
+        return backbone, crop, schedule, sets, f"{row.mIoU:.2f}%", reference, f"{row.diff:+.2f}", download
+    spread = f" ± {row.mIoU_std:.2f}" if row.seeds > 1 else ""
+    count = f"n={row.seeds}" + (f" of {row.seeds_planned}" if row.seeds < row.seeds_planned else "")
+    return (backbone, crop, schedule, sets, f"{row.mIoU:.2f}{spread}% ({count})", reference,
+            f"{row.diff:+.2f}{spread}", download)
 
 
 def _link(path: str, results_dir: str, link_base: str) -> str:

@@ -4,9 +4,11 @@
 
 DVC cannot choose paths from a preset name (no nested interpolation), so ``<preset>/dvc.yaml`` (today
 ``smoke/dvc.yaml``) is dvc.yaml with that preset's ``vars`` (name, data and results folders from
-params/presets.yaml) and ``wdir: ..`` on every stage, so its stages run from the project root like the full
-ones. ``--check`` writes nothing and exits 1 when a generated file is stale, or when a data path that
-dvc.yaml spells (deps and outs of every stage, every matrix item) is not the one deeplab.paths gives.
+params/presets.yaml, and its training runs: one per cell and seed), the table stage's inputs for those
+runs, and ``wdir: ..`` on every stage, so its stages run from the project root like the full ones.
+``--check`` writes nothing and exits 1 when a generated file is stale, when dvc.yaml's own ``vars`` are
+not the full preset's, or when a data path that dvc.yaml spells (deps and outs of every stage, every
+matrix or foreach item) is not the one deeplab.paths gives.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 import yaml
 
 from deeplab import atomic
-from deeplab.config import Params, Preset, load_params
+from deeplab.config import Params, load_params
 from deeplab.errors import PipelineError
 from pipeline import stage
 
@@ -32,22 +34,36 @@ class PipelineMismatch(PipelineError):
     exit_code = 1
 
 
-def variables(preset: Preset) -> dict[str, str]:
-    return {"preset": preset.name, "data": preset.data_dir, "results": preset.results_dir}
+def variables(params: Params, preset: str) -> dict[str, Any]:
+    """The ``vars`` of a preset's DVC pipeline: its name and folders, and its training runs by stage name."""
+    chosen = params.preset(preset)
+    runs = {run.run_key.replace("/", "-"): {"cell": run.cell.id, "seed": run.train.seed,
+                                            "dataset": run.cell.dataset, "backbone": run.cell.backbone,
+                                            "dir": run.files.dir} for run in params.runs(preset)}
+    return {"preset": chosen.name, "data": chosen.data_dir, "results": chosen.results_dir, "runs": runs}
 
 
-def generated(doc: dict[str, Any], preset: Preset) -> str:
+def table_inputs(params: Params, preset: str) -> list[str]:
+    """The table stage's metrics inputs, one per run, as dvc.yaml spells them."""
+    results = params.preset(preset).results_dir
+    return [f"${{results}}{run.files.metrics.removeprefix(results)}" for run in params.runs(preset)]
+
+
+def generated(doc: dict[str, Any], params: Params, preset: str) -> str:
     """The text of ``<preset>/dvc.yaml``."""
-    stages = {name: {"wdir": "..", **body} for name, body in doc["stages"].items()}
-    text = yaml.safe_dump({"vars": [variables(preset)], "stages": stages}, sort_keys=False, width=110)
-    return HEADER.format(name=preset.name) + text
+    stages = {name: ({**body, "do": {"wdir": "..", **body["do"]}} if "do" in body else {"wdir": "..", **body})
+              for name, body in doc["stages"].items()}
+    table = stages["make_table"]
+    code = [dep for dep in table["deps"] if not str(dep).endswith("/metrics.json")]
+    table["deps"] = table_inputs(params, preset) + code
+    text = yaml.safe_dump({"vars": [variables(params, preset)], "stages": stages}, sort_keys=False, width=110)
+    return HEADER.format(name=preset) + text
 
 
 def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, Any]) -> set[str]:
     """The data files and folders a stage reads and writes, as deeplab.paths names them."""
     paths = params.preset(preset).paths
-    cell = f"{item.get('dataset')}-{item.get('backbone')}-os{item.get('stride')}"
-    files = paths.cell(cell) if "stride" in item else None
+    files = params.resolve(item["cell"], preset, item["seed"]).files if "cell" in item else None
     return {
         "download_dataset": lambda: {paths.raw_dir(item["dataset"])},
         "download_weights": lambda: {paths.weights_manifest(item["backbone"])},
@@ -56,13 +72,22 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
         "train_cell": lambda: {paths.prepared_dir(item["dataset"]), paths.weights_manifest(item["backbone"]),
                                files.model, files.config, files.train_log},
         "evaluate_cell": lambda: {files.model, paths.prepared_dir(item["dataset"]), files.metrics},
-        "make_table": lambda: {paths.cell(c).metrics for c in params.cells}
+        "make_table": lambda: {run.files.metrics for run in params.runs(preset)}
         | {paths.table(), paths.summary(), paths.per_class_iou()},
     }[stage_name]()
 
 
+def items(body: dict[str, Any], variables_: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stage's items: its matrix's combinations, its foreach's entries, or one empty item."""
+    if "foreach" in body:
+        return list(variables_[body["foreach"].strip("${}")].values())
+    matrix = body.get("matrix", {})
+    return [dict(zip(matrix, combo)) for combo in itertools.product(*matrix.values())]
+
+
 def spelled_paths(body: dict[str, Any], values: dict[str, Any]) -> set[str]:
     """The data paths (not code, not params) a stage of dvc.yaml lists, with its templates filled in."""
+    body = body.get("do", body)
     entries = [*body.get("deps", []), *body.get("outs", []), *body.get("metrics", []), *body.get("plots", [])]
     names = [next(iter(e)) if isinstance(e, dict) else e for e in entries]
 
@@ -74,11 +99,9 @@ def spelled_paths(body: dict[str, Any], values: dict[str, Any]) -> set[str]:
 def check_paths(doc: dict[str, Any], params: Params) -> list[str]:
     """Each disagreement between dvc.yaml's paths and deeplab.paths, as a readable line."""
     problems = []
-    base = variables(params.preset("full"))
+    base = variables(params, "full")
     for name, body in doc["stages"].items():
-        matrix = body.get("matrix", {})
-        for combo in itertools.product(*matrix.values()):
-            item = dict(zip(matrix, combo))
+        for item in items(body, base):
             values = {**base, **{f"item.{k}": v for k, v in item.items()}}
             spelled, owned = spelled_paths(body, values), owned_paths(params, "full", name, item)
             if spelled != owned:
@@ -97,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         params = load_params(args.params)
         doc = yaml.safe_load(PIPELINE.read_text())
         problems = check_paths(doc, params)
-        if doc.get("vars") != [variables(params.preset("full"))]:
-            problems.append(f"{PIPELINE}: vars must be {[variables(params.preset('full'))]} (params/presets.yaml)")
-        targets = {Path(name) / "dvc.yaml": generated(doc, preset) for name, preset in params.presets.items()
-                   if name != "full"}
+        if doc.get("vars") != [variables(params, "full")]:
+            problems.append(f"{PIPELINE}: vars must be, from params/:\n"
+                            + yaml.safe_dump([variables(params, "full")], sort_keys=False, width=110))
+        targets = {Path(name) / "dvc.yaml": generated(doc, params, name) for name in params.presets if name != "full"}
         stale = [path for path, text in targets.items() if not path.is_file() or path.read_text() != text]
         if args.check and (problems or stale):
             raise PipelineMismatch("\n".join(problems + [f"{p} is stale: regenerate it with `python -m "

@@ -16,16 +16,18 @@ from pipeline import stage
 def main(argv: list[str] | None = None) -> int:
     parser = stage.parser("evaluate", __doc__)
     parser.add_argument("--cell", required=True, help="cell id, e.g. voc-r50-os8 (params/cells.yaml)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="one of the cell's seeds (presets.<preset>.seeds; default: train.seed)")
     parser.add_argument("--save-predictions", metavar="DIR", help="write one uint8 PNG of class indices per image")
     parser.add_argument("--multi-scale", action="store_true", help="also score multi-scale + flip (params/evaluate.yaml)")
     parser.add_argument("--sliding-window", action="store_true", help="also score crop-sized sliding windows")
     args = parser.parse_args(argv)
 
     def work() -> None:
-        cfg = stage.params(args).resolve(args.cell, args.preset)
+        cfg = stage.params(args).resolve(args.cell, args.preset, args.seed)
         doc = run_evaluation(cfg, protocols(cfg, args.multi_scale, args.sliding_window), args.save_predictions)
         extra = "".join(f", {k} {v['mIoU']:.2f}" for k, v in doc["extra"].items())
-        print(f"pipeline.evaluate: {cfg.cell.id}: mIoU {doc['mIoU']:.2f} (aAcc {doc['aAcc']:.2f}, mAcc "
+        print(f"pipeline.evaluate: {cfg.run_name}: mIoU {doc['mIoU']:.2f} (aAcc {doc['aAcc']:.2f}, mAcc "
               f"{doc['mAcc']:.2f}{extra}) on {doc['images']} images in {doc['seconds']} s")
     return stage.run("evaluate", work)
 

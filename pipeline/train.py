@@ -18,17 +18,19 @@ from pipeline import stage
 def main(argv: list[str] | None = None) -> int:
     parser = stage.parser("train", __doc__)
     parser.add_argument("--cell", required=True, help="cell id, e.g. voc-r50-os8 (params/cells.yaml)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="one of the cell's seeds (presets.<preset>.seeds; default: train.seed)")
     args = parser.parse_args(argv)
 
     def work() -> None:
-        cfg = stage.params(args).resolve(args.cell, args.preset)
+        cfg = stage.params(args).resolve(args.cell, args.preset, args.seed)
         ctx = distributed.setup()
         try:
             final, max_iters = run_training(cfg, ctx)
         finally:
             distributed.teardown()
         if ctx.is_main:
-            print(f"pipeline.train: {cfg.cell.id} done ({max_iters} iterations) -> {final}")
+            print(f"pipeline.train: {cfg.run_name} done ({max_iters} iterations) -> {final}")
     return stage.run("train", work)
 
 

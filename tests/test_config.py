@@ -104,3 +104,21 @@ def test_a_key_given_twice_is_refused_naming_both_lines(params_dir: Path, file: 
     second = line + 1 if "\n" in new else line
     assert str(error.value) == (f"{params_dir / file}:{second}: key 'lr' given twice (first on line {line}); "
                                 "keep one of them")
+
+
+def test_seeds_give_one_run_per_cell_and_seed(params_dir: Path) -> None:
+    params = load_params(params_dir)
+    assert [run.run_key for run in params.runs("full")] == list(params.cells)  # one seed: today's paths
+    smoke = params.runs("smoke")
+    assert [run.run_key for run in smoke if run.cell.id == "voc-r50-os16"] == ["voc-r50-os16", "voc-r50-os16/seed1"]
+    first, second = params.resolve("voc-r50-os16", "smoke"), params.resolve("voc-r50-os16", "smoke", 1)
+    assert (first.train.seed, second.train.seed) == (0, 1) and first.digest() != second.digest()
+    assert second.files.model == "results/smoke/voc-r50-os16/seed1/model.pt" and second.run_name == "voc-r50-os16 seed 1"
+    with pytest.raises(KeyError, match=r"seed 5 is not one of cell voc-r50-os16's seeds under preset smoke \(\[0, 1\]; presets\.smoke\.seeds"):
+        params.resolve("voc-r50-os16", "smoke", 5)
+    _edit(params_dir / "presets.yaml", "seeds: {voc-r50-os16: [0, 1]}", "seeds: {voc-r50-os17: [0, 1]}")
+    with pytest.raises(ParamsError, match=r"presets\.smoke\.seeds\.voc-r50-os17: unknown cell"):
+        load_params(params_dir)
+    _edit(params_dir / "presets.yaml", "seeds: {voc-r50-os17: [0, 1]}", "seeds: {voc-r50-os16: [1, 1]}")
+    with pytest.raises(ParamsError, match=r"seeds\.voc-r50-os16: must be a non-empty list of distinct seeds"):
+        load_params(params_dir)

@@ -42,13 +42,13 @@ def _job_blocks(dry_run: str, rule: str) -> list[str]:
 def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checkout: Path) -> None:
     out = _dry_run(checkout, "results/table.md")
     train, evaluate = _job_blocks(out, "train_cell"), _job_blocks(out, "evaluate_cell")
-    cells = {re.search(r"wildcards: cell=(\S+)", b).group(1) for b in train}  # type: ignore[union-attr]
+    cells = {re.search(r"wildcards: run=(\S+)", b).group(1) for b in train}  # type: ignore[union-attr]
     assert cells == set(PARAMS.cells) and len(train) == 12 and len(evaluate) == 12
     for block in train:
         assert re.search(r"resources: .*\bgpu=1\b", block), block
         assert re.search(r"\bmem_mb=\d+", block) and re.search(r"\bruntime=\d+", block), block
         assert "pipeline.gpu_slot --cell" in block and "-m pipeline.train --cell" in block, block
-        cell = re.search(r"wildcards: cell=(\S+)", block).group(1)  # type: ignore[union-attr]
+        cell = re.search(r"wildcards: run=(\S+)", block).group(1)  # type: ignore[union-attr]
         weights = PARAMS.preset("full").paths.weights_manifest(PARAMS.cells[cell].backbone)
         assert "--preset full" in block and weights in block, block
     counts = Counter(re.findall(r"(?m)^(?:local)?rule (\w+):", out))
@@ -58,7 +58,10 @@ def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checko
 
 def test_smoke_dry_run_stays_inside_the_smoke_folders(checkout: Path) -> None:
     out = _dry_run(checkout, "results/smoke/table.md", "--config", "preset=smoke")
-    assert len(_job_blocks(out, "train_cell")) == 12 and len(_job_blocks(out, "download_weights")) == 2
+    runs = {re.search(r"wildcards: run=(\S+)", b).group(1) for b in _job_blocks(out, "train_cell")}  # type: ignore[union-attr]
+    assert runs == set(PARAMS.cells) | {"voc-r50-os16/seed1"} and len(_job_blocks(out, "download_weights")) == 2
+    (seed1,) = [b for b in _job_blocks(out, "train_cell") if "run=voc-r50-os16/seed1" in b]
+    assert "-m pipeline.train --cell voc-r50-os16 --seed 1 --preset smoke" in seed1
     paths = set(re.findall(r"(?:data|results|logs)/[\w./-]+", out))
     assert paths and all(p.startswith(("data/smoke/", "results/smoke/", "logs/smoke/")) for p in paths), paths
 
@@ -87,9 +90,9 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
                       "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
     for name, stage in full.items():
         if name.startswith(("train_cell@", "evaluate_cell@")):
-            dataset, backbone, stride = name.split("@")[1].split("-")
-            cell = f"{dataset}-{backbone}-os{stride}"
-            assert cell in PARAMS.cells and f"--cell {cell} --preset full" in stage.cmd
+            cell = name.split("@")[1]
+            dataset = PARAMS.cells[cell].dataset
+            assert f"--cell {cell} --seed {PARAMS.train.seed} --preset full" in stage.cmd
             dataset_keys = _params(stage)["params/datasets.yaml"]
             assert all(key.split(".")[0] == dataset for key in dataset_keys), (name, dataset_keys)
         if name.startswith("train_cell@"):
@@ -115,12 +118,15 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     stages = _dvc_stages(checkout)
     smoke = {name.removeprefix("smoke/dvc.yaml:"): s for name, s in stages.items() if name.startswith("smoke/")}
     full = {name: s for name, s in stages.items() if not name.startswith("smoke/")}
-    assert set(smoke) == set(full)
     paths = PARAMS.preset("smoke").paths
-    for name, stage in smoke.items():
+    for name, stage in ((n, s) for n, s in smoke.items() if n in full):
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
         assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke"), name
-    assert {o.def_path for o in smoke["evaluate_cell@voc-r50-8"].outs} == {paths.cell("voc-r50-os8").metrics}
+    assert set(smoke) == set(full) | {"train_cell@voc-r50-os16-seed1", "evaluate_cell@voc-r50-os16-seed1"}
+    assert {o.def_path for o in smoke["evaluate_cell@voc-r50-os8"].outs} == {paths.cell("voc-r50-os8").metrics}
+    assert {o.def_path for o in smoke["evaluate_cell@voc-r50-os16-seed1"].outs} == \
+        {paths.cell("voc-r50-os16", 1).metrics}
+    assert "--cell voc-r50-os16 --seed 1 --preset smoke" in smoke["train_cell@voc-r50-os16-seed1"].cmd
     check = [sys.executable, "-m", "pipeline.dvc_presets", "--check"]
     assert subprocess.run(check, cwd=checkout, capture_output=True, env=_env()).returncode == 0
     generated = checkout / "smoke" / "dvc.yaml"

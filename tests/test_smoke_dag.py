@@ -19,7 +19,9 @@ from tests.dag_fixtures import ROOT, copy_checkout, run_tool
 
 DAG_TIMEOUT_S = 1500  # one whole DAG; the per-test limit below covers the module fixture that runs it
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DAG_TIMEOUT_S + 600)]
-CELLS = list(load_params(ROOT / "params").cells)
+PARAMS = load_params(ROOT / "params")
+CELLS = list(PARAMS.cells)
+RUNS = PARAMS.runs("smoke")  # 12 cells, voc-r50-os16 with two seeds: 13 training runs
 
 
 def _run_dag(tmp_path_factory: pytest.TempPathFactory, name: str, command: list[str]) -> tuple[Path, str]:
@@ -44,22 +46,26 @@ def _check_outcome(checkout: Path, uri: str) -> None:
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(load_params(checkout / "params").preset("smoke").experiment)
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(run.info.run_name for run in runs) == sorted(CELLS)
+    assert sorted(run.info.run_name for run in runs) == sorted(r.run_name for r in RUNS) and len(runs) == 13
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
         assert {"mIoU", "aAcc", "mAcc"} <= set(run.data.metrics), run.info.run_name
         assert run.data.tags.get("preset") == "smoke"
     paths = load_params(checkout / "params").preset("smoke").paths
     table = (checkout / paths.table()).read_text()
-    measured = re.findall(r"\|\s*(\d+\.\d\d)%\s*\|\s*\d+\.\d\d%\s*\|\s*[+-]\d+\.\d\d\s*\|", table)
-    assert len(measured) == 12, table
+    measured = re.findall(r"\|\s*(\d+\.\d\d)(?: ± \d+\.\d\d)?%(?: \(n=2\))?\s*\|\s*\d+\.\d\d%\s*\|"
+                          r"\s*[+-]\d+\.\d\d(?: ± \d+\.\d\d)?\s*\|", table)
+    assert len(measured) == 12 and re.search(r"± \d+\.\d\d% \(n=2\)", table), table
     with (checkout / paths.summary()).open() as f:
         summary = {row["cell"]: row for row in csv.DictReader(f)}
     for cell in CELLS:
-        metrics = json.loads((checkout / paths.cell(cell).metrics).read_text())
-        assert f"{metrics['mIoU']:.2f}%" in table
-        assert float(summary[cell]["mIoU"]) == pytest.approx(metrics["mIoU"], abs=1e-4)
-        assert summary[cell]["seeds"] == "1" and float(summary[cell]["gpu_hours"]) > 0
+        seeds = PARAMS.seeds(cell, "smoke")
+        mious = [json.loads((checkout / paths.cell(cell, None if k == seeds[0] else k).metrics).read_text())["mIoU"]
+                 for k in seeds]
+        mean = sum(mious) / len(mious)
+        assert f"{mean:.2f}" in table
+        assert float(summary[cell]["mIoU"]) == pytest.approx(mean, abs=1e-4)
+        assert summary[cell]["seeds"] == str(len(seeds)) and float(summary[cell]["gpu_hours"]) > 0
     # the full preset's data, results and README tables are untouched
     assert not (checkout / "data" / "raw").exists() and not (checkout / "data" / "prepared").exists()
     assert not any((checkout / "results" / cell).exists() for cell in CELLS)
@@ -106,4 +112,4 @@ def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_p
     # a reference mIoU is read only by the table stage: the experiment reruns just that stage
     run_tool(["dvc", "exp", "run", "smoke/dvc.yaml", "-S", "params/cells.yaml:cells.voc-r50-os8.reference_miou=70.0"],
              checkout, timeout=600, MLFLOW_TRACKING_URI=uri)
-    assert "| 70.00% |" in (checkout / "results" / "smoke" / "table.md").read_text()
+    assert re.search(r"\|\s*70\.00%\s*\|", (checkout / "results" / "smoke" / "table.md").read_text())

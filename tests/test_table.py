@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from deeplab.config import load_params
-from deeplab.table import BEGIN, END, TableError, read_metrics, render, replace_block
+from deeplab.table import BEGIN, END, Finished, TableError, read_metrics, render, replace_block
 from pipeline import table as stage
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -26,6 +26,10 @@ MEASURED = {"voc-r50-os8": 77.9012, "ade20k-r101-os16": 44.0, "cityscapes-r50-os
 def _metrics(miou: float) -> dict[str, object]:
     return {"mIoU": miou, "aAcc": 95.1, "mAcc": 85.2, "per_class_iou": {"a": miou, "b": None, "c": 50.0},
             "cell": "x"}
+
+
+def _finished(miou: float) -> list[Finished]:
+    return [Finished(_metrics(miou))]
 
 
 def _squeezed(text: str) -> str:
@@ -42,13 +46,13 @@ def _check_golden(name: str, text: str) -> None:
 
 def test_table_md_matches_golden(params_dir: Path) -> None:
     params = load_params(params_dir)
-    metrics = {cell: (_metrics(MEASURED[cell]) if cell in MEASURED else None) for cell in params.cells}
+    metrics = {cell: (_finished(MEASURED[cell]) if cell in MEASURED else []) for cell in params.cells}
     _check_golden("table.md", render(params, "full", metrics, link_base=""))
 
 
 def test_readme_block_matches_golden_with_links_from_the_root(params_dir: Path) -> None:
     params = load_params(params_dir)
-    metrics = {cell: _metrics(MEASURED[cell]) for cell in MEASURED}
+    metrics = {cell: _finished(MEASURED[cell]) for cell in MEASURED}
     _check_golden("readme_block.md", render(params, "full", metrics, link_base="results"))
 
 
@@ -58,7 +62,7 @@ def test_values_come_from_params(params_dir: Path) -> None:
     path.write_text(path.read_text().replace("  epochs: 60 ", "  epochs: 61 ").replace("title: PASCAL VOC", "title: VOC12"))
     path = params_dir / "cells.yaml"
     path.write_text(path.read_text().replace("reference_miou: 77.43", "reference_miou: 70.00"))
-    text = render(load_params(params_dir), "full", {"voc-r50-os8": _metrics(71.5)}, link_base="")
+    text = render(load_params(params_dir), "full", {"voc-r50-os8": _finished(71.5)}, link_base="")
     assert "#### VOC12" in text and "0.01/poly/16/61" in text
     assert "| 71.50% | 70.00% | +1.50 |" in _squeezed(text)
 
@@ -105,7 +109,8 @@ def test_summary_and_per_class_csv_hold_every_cell(tmp_path: Path, params_dir: P
     summary = list(csv.DictReader(io.StringIO(files[tmp_path / "results" / "summary.csv"])))
     assert [row["cell"] for row in summary] == list(params.cells)
     voc = summary[0]
-    assert (voc["mIoU"], voc["reference_mIoU"], voc["diff"], voc["seeds"]) == ("77.9012", "77.4300", "0.4712", "1")
+    assert (voc["mIoU"], voc["reference_mIoU"], voc["diff"], voc["seeds"], voc["mIoU_std"]) == \
+        ("77.9012", "77.4300", "0.4712", "1", "")
     assert voc["gpu_hours"] == f"{(200 + 400) / 3600:.4f}"  # 800 images at 4/s, then at 2/s, on 1 GPU
     assert summary[1]["mIoU"] == "" and summary[1]["seeds"] == "0" and summary[1]["gpu_hours"] == ""
     per_class = list(csv.DictReader(io.StringIO(files[tmp_path / "results" / "per_class_iou.csv"])))
@@ -140,3 +145,25 @@ def test_bad_metrics_name_the_file(tmp_path: Path, params_dir: Path) -> None:
 def test_readme_without_one_pair_of_markers_is_an_error(text: str) -> None:
     with pytest.raises(TableError, match="README.md: needs exactly one"):
         replace_block(text, "table\n")
+
+
+def test_a_cell_with_several_seeds_shows_mean_std_and_count(tmp_path: Path, params_dir: Path) -> None:
+    """The smoke preset trains voc-r50-os16 with seeds 0 and 1: mean ± sample std (n), the difference of the
+    mean; while a seed still runs, what has finished (n=1 of 2)."""
+    params = load_params(params_dir)
+    assert params.seeds("voc-r50-os16", "smoke") == (0, 1)
+    paths = params.preset("smoke").paths
+    seed1 = tmp_path / paths.cell("voc-r50-os16", 1).metrics
+    seed1.parent.mkdir(parents=True)
+    seed1.write_text(json.dumps(_metrics(14.0)))
+    text = _squeezed(render(params, "smoke", read_metrics(tmp_path, params, "smoke"), link_base="", root=tmp_path))
+    assert "| 14.00% (n=1 of 2) | 76.92% | -62.92 |" in text
+    seed0 = tmp_path / paths.cell("voc-r50-os16").metrics
+    seed0.write_text(json.dumps(_metrics(10.0)))
+    metrics = read_metrics(tmp_path, params, "smoke")
+    text = _squeezed(render(params, "smoke", metrics, link_base="", root=tmp_path))
+    std = ((10.0 - 12.0) ** 2 + (14.0 - 12.0) ** 2) ** 0.5  # sample standard deviation of 10 and 14
+    assert f"| 12.00 ± {std:.2f}% (n=2) | 76.92% | -64.92 ± {std:.2f} |" in text
+    assert "[cfg](voc-r50-os16/config.yaml)" in text  # links to the default seed's run
+    per_class = stage.expected_files(params, "smoke", root=tmp_path)[tmp_path / paths.per_class_iou()]
+    assert per_class.count("voc-r50-os16,0,voc,") == 3 and per_class.count("voc-r50-os16,1,voc,") == 3
