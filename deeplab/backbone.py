@@ -79,7 +79,9 @@ def load_imagenet_weights(backbone: ResNet, checkpoint: str | Path | Mapping[str
     """Load ImageNet weights into ``backbone`` with a strict check; only the classifier ``fc.*`` is dropped.
 
     Accepts a path to an openmmlab V1c / torchvision ResNet checkpoint, or a state dict. A checkpoint
-    wrapped as ``{"state_dict": ...}`` is unwrapped. Any missing, unexpected or mis-shaped key raises
+    wrapped as ``{"state_dict": ...}`` is unwrapped. BatchNorm's ``num_batches_tracked`` counters may be
+    absent (checkpoints saved before BatchNorm had them, such as torchvision's original ResNet files): they
+    keep the backbone's own value. Any other missing, unexpected or mis-shaped key raises
     :class:`WeightsMismatchError` naming the keys, and the backbone is left untouched.
     """
     source = str(checkpoint) if isinstance(checkpoint, (str, Path)) else "the given state dict"
@@ -89,6 +91,8 @@ def load_imagenet_weights(backbone: ResNet, checkpoint: str | Path | Mapping[str
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     own = backbone.state_dict()
+    counters = {k: own[k] for k in own if k.endswith(".num_batches_tracked") and k not in state}
+    state = {**state, **counters}  # counters only: a checkpoint without them still fits
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong_shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)

@@ -119,7 +119,7 @@ class TrainSettings:
     seed: int
     deterministic: bool
     reference_replicas: int
-    max_micro_batch: int  # most images one GPU runs at once; 0 = its whole share (else gradient accumulation)
+    max_micro_batch: int | Literal["auto"]  # images one GPU runs at once: 0 its whole share, auto what fits
     crop_tries: int  # the random crop is re-drawn up to this many times while one class dominates
     flip_prob: float
     brightness_delta: float  # photometric distortion, each step applied with probability 1/2
@@ -148,12 +148,13 @@ class TrainSettings:
             problems["lr"] = "must be positive"
         elif not 0 <= self.min_lr <= self.lr:
             problems["min_lr"] = "must be in [0, lr]"
-        for key in ("poly_power", "momentum", "weight_decay", "aux_weight", "workers", "val_every",
-                    "max_micro_batch"):
+        for key in ("poly_power", "momentum", "weight_decay", "aux_weight", "workers", "val_every"):
             if getattr(self, key) < 0:
                 problems[key] = "must not be negative"
-        if self.max_micro_batch == 1:  # a 1x1 pooled map of one image has no batch statistics
-            problems["max_micro_batch"] = "must be 0 or at least 2: BatchNorm after ASPP's image pooling needs 2 images"
+        if self.max_micro_batch != "auto" and (self.max_micro_batch < 0 or self.max_micro_batch == 1):
+            # a 1x1 pooled map of one image has no batch statistics
+            problems["max_micro_batch"] = ("must be auto, 0 or at least 2: BatchNorm after ASPP's image pooling "
+                                           "needs 2 images")
         for key in ("checkpoint_every", "log_every", "reference_replicas"):
             if getattr(self, key) <= 0:
                 problems[key] = "must be positive"
@@ -436,8 +437,13 @@ def _convert(value: Any, hint: Any, path: Path, where: tuple[str, ...]) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _convert(value, inner, path, where)
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:  # the first option the value converts to; the last one's error if none
+            try:
+                return _convert(value, option, path, where)
+            except ParamsError:
+                continue
+        return _convert(value, options[-1], path, where)
     if origin is Literal:
         if value not in args or type(value) is not type(args[0]):
             raise ParamsError(f"{_where(path, where)}: {value!r} is not one of {', '.join(map(repr, args))}")

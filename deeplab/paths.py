@@ -12,7 +12,7 @@ Layout, relative to the project root::
     <data_dir>/prepared/<dataset>/       splits/, labels, meta.json (written last)
     <results_dir>/<cell>/                one cell (its default seed): see CellFiles
     <results_dir>/<cell>/seed<k>/        a further seed k of the cell, the same files
-    <results_dir>/table.md, summary.csv, per_class_iou.csv, mlflow.json
+    <results_dir>/table.md, summary.csv, per_class_iou.csv, memory_plan.json, mlflow.json
     logs/<preset>/<rule>/...             Snakemake's per-job logs
 """
 from __future__ import annotations
@@ -125,6 +125,10 @@ class Paths:
     def per_class_iou(self) -> str:
         """One CSV row per (cell, class): the per-class IoU behind each mIoU."""
         return f"{self.results_dir}/per_class_iou.csv"
+
+    def memory_plan(self) -> str:
+        """The predicted GPU memory of every cell (pipeline.plan), which README's memory table renders."""
+        return f"{self.results_dir}/memory_plan.json"
 
     def log(self, rule: str, name: str = "") -> str:
         """Snakemake's log file of one job of ``rule`` (``name``: its wildcard value, if any)."""

@@ -172,11 +172,12 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}" if value >= 1e-4 else repr(value)
 
 
-def replace_block(text: str, block: str, where: Path | str = "README.md") -> str:
-    """``text`` with everything between the results-table markers replaced by ``block``."""
-    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
-        raise TableError(f"{where}: needs exactly one '{BEGIN}' line followed by one '{END}' line "
-                         f"around the results tables; put them back where the tables belong")
-    head, rest = text.split(BEGIN)
-    _, tail = rest.split(END)
-    return f"{head}{BEGIN}\n{block}{END}{tail}"
+def replace_block(text: str, block: str, where: Path | str = "README.md", begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with everything between the ``begin`` and ``end`` markers (the results tables' by default)
+    replaced by ``block``."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise TableError(f"{where}: needs exactly one '{begin}' line followed by one '{end}' line "
+                         f"around the generated table; put them back where the table belongs")
+    head, rest = text.split(begin)
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{block}{end}{tail}"

@@ -13,6 +13,7 @@ import io
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from deeplab import atomic
+from deeplab.autofit import CudaMemory, Memory, OutOfMemory, choose, predicted_line, smaller
 from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
 from deeplab.config import CellConfig
 from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
@@ -35,7 +37,8 @@ from deeplab.precision import configure_backends, resolve_precision
 from deeplab.schedule import build_optimizer, build_scheduler
 from deeplab.transforms import Augmentation, normalize, photometric_distortion, sample_seed
 
-LOG_FIELDS = ("iteration", "loss", "main_loss", "aux_loss", "lr", "images", "images_per_s", "peak_memory_mb")
+LOG_FIELDS = ("iteration", "loss", "main_loss", "aux_loss", "lr", "images", "images_per_s", "peak_memory_mb",
+              "micro_batch")
 DROPOUT_SLOT = 1 << 20  # sample_seed slot of the per-iteration dropout seed, apart from the sample slots
 
 
@@ -61,11 +64,28 @@ def accumulation_steps(share: int, max_micro_batch: int) -> int:
     return next(k for k in range(math.ceil(share / max_micro_batch), share + 1) if share % k == 0)
 
 
-def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: int, stop: int) -> DataLoader:
-    """This rank's micro-batches for iterations start..stop-1, decoded and augmented by the workers."""
+def micro_batch_for(cfg: CellConfig, ctx: Context, model: nn.Module, dtype: torch.dtype | None,
+                    memory: Memory | None = None) -> int:
+    """Images per forward pass on this rank: from ``train.max_micro_batch``, or found by auto-fit (a GPU,
+    or the ``memory`` a test pretends); on a CPU ``auto`` is the whole share."""
+    share = cfg.data.batch_size // ctx.world
+    setting = cfg.train.max_micro_batch
+    if setting != "auto":
+        return share // accumulation_steps(share, setting)
+    if memory is None and ctx.device.type != "cuda":
+        return share
+    memory = memory or CudaMemory(model, cfg, ctx.device, dtype)
+    return choose(share, memory, predicted_line(cfg, "fp32" if dtype is None else "bf16"),
+                  log=print if ctx.is_main else lambda line: None)
+
+
+def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: int, stop: int,
+                micro_batch: int) -> DataLoader:
+    """This rank's micro-batches of ``micro_batch`` images for iterations start..stop-1, decoded and
+    augmented by the workers."""
     data = cfg.data
     dataset = TrainDataset(prepared_dir, data.train_split, Augmentation.of(cfg), data.num_classes)
-    accumulation = accumulation_steps(data.batch_size // ctx.world, cfg.train.max_micro_batch)
+    accumulation = data.batch_size // ctx.world // micro_batch
     sampler = GlobalBatchSampler(len(dataset), data.batch_size, seed=cfg.train.seed, start=start, stop=stop,
                                  rank=ctx.rank, world=ctx.world, accumulation=accumulation)
     workers = cfg.train.workers
@@ -132,6 +152,7 @@ class State:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     iteration: int = 0
+    micro_batch: int = 0  # images per forward pass now (auto-fit, halved after an out-of-memory step)
 
     def bare_model(self) -> nn.Module:
         return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
@@ -252,7 +273,7 @@ def log_window(window: Window, state: State, cfg: CellConfig, ctx: Context, log:
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else 0.0
     row = {"iteration": state.iteration, "loss": sums[0], "main_loss": sums[1], "aux_loss": sums[2],
            "lr": state.optimizer.param_groups[0]["lr"], "images": images, "images_per_s": images / elapsed,
-           "peak_memory_mb": peak}
+           "peak_memory_mb": peak, "micro_batch": state.micro_batch}
     log.append(row)
     on_metrics({k: v for k, v in row.items() if k != "iteration"}, state.iteration)
 
@@ -270,19 +291,59 @@ def _write_checkpoint(state: State, cfg: CellConfig, path: Path, ctx: Context) -
     barrier(ctx)
 
 
-def run_iterations(state: State, loader: DataLoader, cfg: CellConfig, ctx: Context, max_iters: int,
-                   checkpoint: Path, log: TrainLog, on_metrics: Logger, on_validate: Callable[[int], None],
-                   dtype: torch.dtype | None) -> None:
-    """The loop: one optimiser step per iteration; log, check, checkpoint, validate at their periods."""
-    accumulation = loader.batch_sampler.accumulation
-    batches: Iterator[dict[str, torch.Tensor]] = iter(loader)
-    window, t = Window(ctx.device), cfg.train
+class BufferBackup:
+    """A copy of the model's buffers (BatchNorm statistics) taken before each step, so a step that ran out
+    of memory half-way can be retried from the same state."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = [b for b in model.buffers() if b.is_floating_point() or b.dtype == torch.int64]
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def save(self) -> None:
+        torch._foreach_copy_(self.saved, self.buffers)
+
+    def restore(self) -> None:
+        torch._foreach_copy_(self.buffers, self.saved)
+
+
+def _after_oom(state: State, cfg: CellConfig, ctx: Context) -> int:
+    """The micro-batch to retry with after running out of memory (single-GPU jobs only)."""
+    share = cfg.data.batch_size // ctx.world
+    retry = smaller(share, state.micro_batch)
+    if ctx.distributed or retry is None:
+        raise OutOfMemory(f"out of memory at iteration {state.iteration + 1} with a micro-batch of "
+                          f"{state.micro_batch} images{' under DDP' if ctx.distributed else ''}; set "
+                          "train.max_micro_batch lower (or auto) and rerun: training resumes from its checkpoint")
+    warnings.warn(f"out of memory at iteration {state.iteration + 1} with a micro-batch of {state.micro_batch} "
+                  f"images; retrying it and going on with {retry}", RuntimeWarning, stacklevel=2)
+    if ctx.device.type == "cuda":
+        torch.cuda.empty_cache()
+    return retry
+
+
+def run_iterations(state: State, loader_for: Callable[[int, int], DataLoader], cfg: CellConfig, ctx: Context,
+                   max_iters: int, checkpoint: Path, log: TrainLog, on_metrics: Logger,
+                   on_validate: Callable[[int], None], dtype: torch.dtype | None) -> None:
+    """The loop: one optimiser step per iteration; log, check, checkpoint, validate at their periods. A
+    step that runs out of memory is retried with a smaller micro-batch (same images, same gradient)."""
+    accumulation = cfg.data.batch_size // ctx.world // state.micro_batch
+    batches: Iterator[dict[str, torch.Tensor]] = iter(loader_for(state.iteration, state.micro_batch))
+    window, t, backup = Window(ctx.device), cfg.train, BufferBackup(state.model)
     with StopSignals() as signals:
         while state.iteration < max_iters:
             torch.manual_seed(sample_seed(t.seed, state.iteration, DROPOUT_SLOT + ctx.rank))  # dropout masks
             micro = [next(batches) for _ in range(accumulation)]
-            window.add(train_iteration(state.model, micro, state.optimizer, state.scaler, cfg, ctx, dtype),
-                       state.iteration, sum(len(m["label"]) for m in micro))
+            backup.save()
+            try:
+                losses = train_iteration(state.model, micro, state.optimizer, state.scaler, cfg, ctx, dtype)
+            except torch.OutOfMemoryError:
+                del micro
+                backup.restore()
+                state.micro_batch = _after_oom(state, cfg, ctx)
+                accumulation = cfg.data.batch_size // ctx.world // state.micro_batch
+                batches = iter(loader_for(state.iteration, state.micro_batch))
+                continue
+            window.add(losses, state.iteration, sum(len(m["label"]) for m in micro))
             state.iteration += 1
             at_log = state.iteration % t.log_every == 0 or state.iteration == max_iters
             at_checkpoint = state.iteration % t.checkpoint_every == 0
@@ -320,7 +381,8 @@ def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) ->
 
 def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: Context, max_iters: int,
           weights: str | Path | None = None, on_metrics: Logger = lambda m, s: None,
-          on_validate: Callable[[nn.Module, int], None] = lambda model, it: None) -> Path:
+          on_validate: Callable[[nn.Module, int], None] = lambda model, it: None,
+          memory: Memory | None = None) -> Path:
     """Train one cell into ``files`` (resuming from its checkpoint if present); return the path of the
     final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points. The caller
     holds the cell's lock (:func:`cell_lock`), so no second copy writes the same files."""
@@ -339,9 +401,9 @@ def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: C
     log = TrainLog(Path(files.train_log), enabled=ctx.is_main)
     log.open(state.iteration)
     state.model.train()
-    loader = make_loader(cfg, prepared_dir, ctx, state.iteration, max_iters)
-    run_iterations(state, loader, cfg, ctx, max_iters, checkpoint, log, on_metrics,
-                   lambda it: _validate(state, on_validate, it), dtype)
+    state.micro_batch = micro_batch_for(cfg, ctx, state.bare_model(), dtype, memory)
+    run_iterations(state, lambda start, micro: make_loader(cfg, prepared_dir, ctx, start, max_iters, micro), cfg, ctx,
+                   max_iters, checkpoint, log, on_metrics, lambda it: _validate(state, on_validate, it), dtype)
     final = Path(files.model)
     if ctx.is_main:
         save_final(state.bare_model(), cfg, final, state.iteration)

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
+
 from deeplab import atomic
+from deeplab.budget import cost_frame
 from deeplab.config import Params
 from deeplab.table import TableError, cell_frame, per_class_frame, read_metrics, render, replace_block, to_csv
 from pipeline import stage
 
 README = Path("README.md")
+COST_BEGIN, COST_END = "<!-- cost-table:begin -->", "<!-- cost-table:end -->"
+COST_ALIGN = ("left", "right", "center", "right", "right", "right", "right")
 
 
 class StaleOutput(TableError):
@@ -39,7 +44,11 @@ def expected_files(params: Params, preset: str, root: Path = Path(".")) -> dict[
         if not readme.is_file():
             raise TableError(f"{readme}: not found; run the table stage from the project root")
         block = render(params, preset, metrics, link_base=paths.results_dir, root=root)
-        files[readme] = replace_block(readme.read_text(), block, readme)
+        text = replace_block(readme.read_text(), block, readme)
+        measured = cell_frame(params, preset, metrics, root).set_index("cell")["gpu_hours"]
+        costs = cost_frame(params, preset, {cell: None if pd.isna(v) else v for cell, v in measured.items()})
+        files[readme] = replace_block(text, costs.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
+                                                              colalign=COST_ALIGN) + "\n", readme, COST_BEGIN, COST_END)
     return files
 
 

@@ -124,6 +124,23 @@ def test_v1c_checkpoint_loads_strictly_and_drops_only_fc(tmp_path: Path) -> None
     assert all(torch.equal(loaded[k], expected[k]) for k in loaded)
 
 
+@pytest.mark.parametrize("stem", ["deep", "standard"])
+def test_a_checkpoint_without_batchnorm_counters_loads(stem: str, tmp_path: Path) -> None:
+    """Checkpoints saved before BatchNorm had num_batches_tracked (torchvision's original ResNet files) load;
+    every weight and running statistic is taken, the counters keep the backbone's own value."""
+    saved = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in ResNet("r50", stem=stem).state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    torch.save({**saved, "fc.weight": torch.randn(1000, 2048), "fc.bias": torch.randn(1000)}, tmp_path / "old.pth")
+    backbone = ResNet("r50", stem=stem)
+    load_imagenet_weights(backbone, tmp_path / "old.pth")
+    loaded = backbone.state_dict()
+    assert len(saved) < len(loaded) and all(torch.equal(loaded[k], v) for k, v in saved.items())
+    broken = dict(saved)
+    del broken["layer1.0.bn1.running_var"]  # a real statistic missing is still refused, by name
+    with pytest.raises(WeightsMismatchError, match=r"missing \(1\): layer1\.0\.bn1\.running_var"):
+        load_imagenet_weights(ResNet("r50", stem=stem), broken)
+
+
 def test_a_mismatched_checkpoint_is_refused_by_name_and_nothing_loads(tmp_path: Path) -> None:
     path = _v1c_checkpoint(tmp_path, **{"layer5.0.conv1.weight": torch.zeros(1)})
     backbone = ResNet("r50")
