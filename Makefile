@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast
+.PHONY: demo test test-fast gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,3 +23,8 @@ test: $(VENV)/.installed
 # Day-to-day: everything but the tests marked slow (the DAG end to end, the learning check); a few minutes.
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -m "not slow"
+
+# What the GPU at hand gives the recipe (a benchmark, not a test): training step, memory, auto-fit, loader,
+# evaluation, compile, DDP; under ten minutes. Without CUDA it runs tiny sizes on the CPU, labelled as such.
+gpu-check: $(VENV)/.installed
+	$(PY) benchmarks/gpu_check.py --out gpu_check.md

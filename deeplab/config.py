@@ -120,6 +120,7 @@ class TrainSettings:
     deterministic: bool
     reference_replicas: int
     max_micro_batch: int | Literal["auto"]  # images one GPU runs at once: 0 its whole share, auto what fits
+    compile: Literal["off", "inductor", "aot_eager"]  # torch.compile backend of the training step
     crop_tries: int  # the random crop is re-drawn up to this many times while one class dominates
     flip_prob: float
     brightness_delta: float  # photometric distortion, each step applied with probability 1/2
@@ -280,7 +281,7 @@ class CellConfig:
     def digest(self) -> str:
         """sha256 of the resolved config, excluding knobs that do not change the result."""
         data = self.to_dict()
-        for key in ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch"):
+        for key in ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch", "compile"):
             data["train"].pop(key)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 

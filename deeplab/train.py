@@ -155,7 +155,9 @@ class State:
     micro_batch: int = 0  # images per forward pass now (auto-fit, halved after an out-of-memory step)
 
     def bare_model(self) -> nn.Module:
-        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        """The model itself, without torch.compile's and DDP's wrappers (what checkpoints hold)."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def save_checkpoint(state: State, cfg: CellConfig, path: Path) -> None:
@@ -398,6 +400,8 @@ def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: C
     if ctx.distributed:
         state.model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
                                               else None)
+    if cfg.train.compile != "off":  # the training step only: evaluation sees other image sizes
+        state.model = torch.compile(state.model, backend=cfg.train.compile)
     log = TrainLog(Path(files.train_log), enabled=ctx.is_main)
     log.open(state.iteration)
     state.model.train()

@@ -164,3 +164,41 @@ def test_learns_synthetic_data(tmp_path: Path, params_dir: Path, monkeypatch: py
     assert pipeline.evaluate.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
     metrics = json.loads((tmp_path / "results" / "smoke" / "voc-r50-os16" / "metrics.json").read_text())
     assert metrics["mIoU"] > 55, metrics
+
+
+def test_compiled_training_step_equals_eager(project: Path) -> None:
+    """train.compile traces the training step (aot_eager here: inductor's C++ build takes minutes on 2 cores):
+    one step's loss and every gradient equal eager mode's within float tolerance, and the checkpointed model
+    is the bare one. (Over several steps from scratch on 2-image batches, rounding differences grow chaotically,
+    so a step is the unit compared; dropout is off: a traced graph draws masks from another random stream.)"""
+    import copy
+    import dataclasses
+
+    from deeplab.distributed import Context
+    from deeplab.model import build_model
+    from deeplab.train import State, train_iteration
+    from deeplab.transforms import Photometric
+    shrink_params(project / "params")
+    base = load_params(project / "params").resolve(CELL, "smoke")
+    cfg = dataclasses.replace(base, model=dataclasses.replace(base.model, dropout=0.0))
+    torch.manual_seed(0)
+    eager = build_model(cfg, torch.device("cpu")).train()
+    compiled_source = copy.deepcopy(eager)
+    gen = torch.Generator().manual_seed(1)
+    batch = {"image": torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=gen),
+             "label": torch.randint(0, 5, (2, 32, 32), dtype=torch.uint8, generator=gen),
+             "valid": torch.tensor([[0, 0, 32, 32]] * 2), "photometric": torch.stack([Photometric().as_tensor()] * 2)}
+    ctx = Context(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    results = []
+    for model in (eager, torch.compile(compiled_source, backend="aot_eager")):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        losses = train_iteration(model, [batch], optimizer, torch.amp.GradScaler("cpu", enabled=False), cfg, ctx, None)
+        results.append((losses, {n: p.grad for n, p in model.named_parameters()}))
+    (eager_losses, eager_grads), (compiled_losses, compiled_grads) = results
+    torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-5, atol=1e-6)
+    assert {n.removeprefix("_orig_mod.") for n in compiled_grads} == set(eager_grads)
+    for name, grad in compiled_grads.items():  # relative to the gradient's norm: single elements near 0 vary more
+        reference = eager_grads[name.removeprefix("_orig_mod.")]
+        assert (grad - reference).norm() <= 1e-4 * reference.norm() + 1e-8, name
+    state = State(torch.compile(copy.deepcopy(eager), backend="aot_eager"), optimizer, None, None)  # type: ignore[arg-type]
+    assert set(state.bare_model().state_dict()) == set(eager.state_dict())  # checkpoints hold the bare model
