@@ -2,6 +2,7 @@
 micro-batches, what fits on a GPU, and the plan's --check without predicting again."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -41,22 +42,22 @@ def test_peak_memory_is_linear_in_the_micro_batch() -> None:
 def test_the_breakdown_adds_up_and_counts_momentum() -> None:
     memory = predict_step(ModelShape("r50", 16, 21, (128, 128), "fp32", OS8), 2)
     assert memory.parameters + memory.gradients + memory.optimizer + memory.activations == memory.total
-    assert memory.optimizer == pytest.approx(memory.parameters, rel=0.01)  # one momentum buffer per weight
+    assert memory.optimizer >= 0.95 * memory.parameters  # SGD's momentum: a buffer per weight, at least
 
 
 def test_largest_fitting_micro_batch_keeps_the_margins() -> None:
     line = Line(fixed=1 * GIB, per_image=1 * GIB)  # 1 GiB + 1 GiB per image
     assert usable_bytes(24) == pytest.approx((24 - 1.5) * GIB / 1.10)
-    assert largest_fitting(line, 16, 80) == 16          # 17 GiB x 1.1 + 1.5 <= 80
-    assert largest_fitting(line, 16, 24) == 8           # 16 images would need 17 GiB x 1.1 + 1.5 > 24
-    assert largest_fitting(line, 16, 4) == 2 and largest_fitting(line, 16, 3) is None
-    assert plan.fits({"points": [{"total": 3 * GIB}, {"total": 5 * GIB}]}, 16, 24) == "8 x 2"
+    assert largest_fitting(line, 16, 24) == 16          # 17 GiB x 1.1 + 1.5 = 20.2 <= 24
+    assert largest_fitting(line, 16, 20) == 8           # 16 images need 20.2 > 20; 8 need 9 x 1.1 + 1.5 = 11.4
+    assert largest_fitting(line, 16, 5) == 2 and largest_fitting(line, 16, 4) is None  # 2 images need 4.8
+    assert plan.fits({"points": [{"total": 3 * GIB}, {"total": 5 * GIB}]}, 16, 20) == "8 x 2"
 
 
 def test_a_missing_tracker_names_the_torch_version(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
     monkeypatch.setitem(sys.modules, "torch.distributed._tools.mem_tracker", None)
-    with pytest.raises(MemoryPlanError, match=f"torch {torch.__version__} has no fake-tensor memory tracker"):
+    with pytest.raises(MemoryPlanError, match=re.escape(f"torch {torch.__version__} has no fake-tensor memory tracker")):
         predict_step(ModelShape("r50", 16, 21, (64, 64), "fp32", OS8), 2)
 
 

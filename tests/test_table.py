@@ -19,6 +19,7 @@ from deeplab.table import BEGIN, END, Finished, TableError, read_metrics, render
 from pipeline import table as stage
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
+COSTS = f"{stage.COST_BEGIN}\n{stage.COST_END}\n"  # README's generated cost table
 # Three cells evaluated (above, below and at the reference), the other nine not yet: "-".
 MEASURED = {"voc-r50-os8": 77.9012, "ade20k-r101-os16": 44.0, "cityscapes-r50-os16": 79.73}
 
@@ -79,7 +80,7 @@ def test_smoke_preset_shows_its_own_recipe(params_dir: Path) -> None:
 
 
 def test_stage_writes_table_and_readme_block_for_full_only(tmp_path: Path, params_dir: Path) -> None:
-    (tmp_path / "README.md").write_text(f"# title\n\n{BEGIN}\nold\n{END}\n\nafter\n")
+    (tmp_path / "README.md").write_text(f"# title\n\n{BEGIN}\nold\n{END}\n\nafter\n{COSTS}")
     cell_dir = tmp_path / "results" / "voc-r50-os8"
     cell_dir.mkdir(parents=True)
     (cell_dir / "metrics.json").write_text(json.dumps(_metrics(77.9012)))
@@ -89,7 +90,8 @@ def test_stage_writes_table_and_readme_block_for_full_only(tmp_path: Path, param
     assert set(files) == {results / "table.md", results / "summary.csv", results / "per_class_iou.csv",
                           tmp_path / "README.md"}
     readme = files[tmp_path / "README.md"]
-    assert readme.startswith("# title\n\n" + BEGIN + "\n#### PASCAL VOC") and readme.endswith(f"{END}\n\nafter\n")
+    assert readme.startswith("# title\n\n" + BEGIN + "\n#### PASCAL VOC") and f"{END}\n\nafter\n" in readme
+    assert "| voc-r50-os8          |       634,560 |" in readme  # the cost table, generated too
     assert "[cfg](results/voc-r50-os8/config.yaml)" in readme and "77.90%" in readme
     assert "[cfg](voc-r50-os8/config.yaml)" in files[tmp_path / "results" / "table.md"]
     smoke = stage.expected_files(params, "smoke", root=tmp_path)
@@ -104,7 +106,7 @@ def test_summary_and_per_class_csv_hold_every_cell(tmp_path: Path, params_dir: P
     cell_dir.mkdir(parents=True)
     (cell_dir / "metrics.json").write_text(json.dumps(_metrics(77.9012)))
     (cell_dir / "train_log.csv").write_text("iteration,images,images_per_s\n50,800,4.0\n100,800,2.0\n")
-    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n")
+    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n{COSTS}")
     files = stage.expected_files(params, "full", root=tmp_path)
     summary = list(csv.DictReader(io.StringIO(files[tmp_path / "results" / "summary.csv"])))
     assert [row["cell"] for row in summary] == list(params.cells)
@@ -120,7 +122,7 @@ def test_summary_and_per_class_csv_hold_every_cell(tmp_path: Path, params_dir: P
 
 def test_check_fails_on_a_stale_summary(tmp_path: Path, params_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                         capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n")
+    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n{COSTS}")
     monkeypatch.chdir(tmp_path)
     args = ["--preset", "full", "--params", str(params_dir)]
     assert stage.main(args) == 0 and stage.main([*args, "--check"]) == 0
