@@ -1,15 +1,26 @@
-# The two commands of the README. Each bootstraps .venv on first use (and again when pyproject.toml changes).
+# The two commands of the README. Each bootstraps .venv on first use (and again when the lock changes): uv
+# from the package registry, then exactly the locked versions (requirements.lock), then this project.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+UV     := $(VENV)/bin/uv
+LOCK_FOR := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 
-.PHONY: demo test test-fast gpu-check
+.PHONY: demo test test-fast gpu-check lock
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	test -x $(UV) || $(PY) -m pip install -q "uv>=0.13,<0.14"
+	$(UV) pip sync --python $(PY) -q requirements.lock
+	$(UV) pip install --python $(PY) -q --no-deps -e .
 	touch $@
+
+# After editing pyproject.toml's dependencies: resolve the whole environment again (Linux x86_64, Python 3.11;
+# existing pins are kept where they still satisfy pyproject.toml). Commit requirements.lock with the change.
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(UV) || $(PY) -m pip install -q "uv>=0.13,<0.14"
+	$(UV) pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_FOR) -o requirements.lock
 
 # The main job on its embedded default: the whole DAG (3 datasets, 12 cells, 12 MLflow runs, the table)
 # on the smoke preset on CPU. Rerunning it redoes only what changed; its table is results/smoke/table.md.

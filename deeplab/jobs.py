@@ -6,6 +6,7 @@ the pictures and, last, ``metrics.json``. MLflow mirrors them in one run per cel
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from deeplab import atomic, distributed, plots
 from deeplab.config import CellConfig
 from deeplab.data.sources import IMAGENET_WEIGHTS
 from deeplab.datasets import DatasetError, manifest_hash, read_meta, read_split
+from deeplab.environment import describe, freeze
 from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, evaluate_split, multi_scale, sliding_window,
                               summarize)
 from deeplab.metrics import ConfusionMatrix
@@ -27,6 +29,20 @@ from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_ke
 from deeplab.train import Interrupted, cell_lock, train
 
 GRID_SAMPLES = 4  # images in the predictions picture
+LOCK = "requirements.lock"  # the project's lock file, relative to the project root (the stages' cwd)
+ENV_TAGS = ("torch", "cuda", "cudnn", "device", "device_count", "gpu_name", "lock_matches", "lock_sha256")
+
+
+def record_environment(cfg: CellConfig, device: torch.device) -> dict[str, Any]:
+    """Append where this training runs to the run's environment file (a resume elsewhere adds an entry)
+    and write the installed packages beside it; return this machine's entry."""
+    env = describe(device, Path.cwd() / LOCK)
+    path = Path(cfg.files.environment)
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    if not entries or entries[-1] != env:
+        atomic.write_json(path, entries + [env])
+    atomic.write_text(cfg.files.pip_freeze, freeze())
+    return env
 
 
 def tracker_for(cfg: CellConfig, enabled: bool = True) -> Tracker:
@@ -79,11 +95,14 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
     files = cfg.files
     max_iters = cfg.max_iters(len(read_split(cfg.prepared_dir, cfg.data.train_split)))
     weights = backbone_weights(cfg)
+    env: dict[str, Any] = {}
     if ctx.is_main:
         doc = {**cfg.to_dict(), "digest": cfg.digest(), "max_iters": max_iters, "world_size": ctx.world}
         atomic.write_text(files.config, yaml.safe_dump(doc, sort_keys=False))
+        env = record_environment(cfg, ctx.device)
     tracker = tracker_for(cfg, enabled=ctx.is_main)
-    tracker.start(cfg.run_name, params=cfg.to_dict(), tags=run_tags(cfg))
+    tracker.start(cfg.run_name, params=cfg.to_dict(),
+                  tags={**run_tags(cfg), **{f"env.{k}": str(env.get(k)) for k in ENV_TAGS}})
     try:
         final = train(cfg, prepared_dir=cfg.prepared_dir, files=files, ctx=ctx, max_iters=max_iters,
                       weights=weights, on_metrics=tracker.log_metrics, on_validate=validator(cfg, ctx, tracker))
@@ -93,7 +112,7 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
     except BaseException:
         tracker.end("FAILED")
         raise
-    for path in (files.config, files.train_log):
+    for path in (files.config, files.train_log, files.environment, files.pip_freeze):
         tracker.log_artifact(path)
     tracker.end("FINISHED")
     return final, max_iters
@@ -139,6 +158,9 @@ def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
     pictures = draw_pictures(cfg, results[SINGLE_SCALE.name], scored.samples, meta["palette"])
     doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
                            precision_name(spec.dtype))
+    training = Path(cfg.files.environment)
+    doc["environment"] = {"evaluation": describe(device, Path.cwd() / LOCK),
+                          "training": json.loads(training.read_text()) if training.is_file() else []}
     return doc, pictures
 
 

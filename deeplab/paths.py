@@ -52,6 +52,16 @@ class CellFiles:
         return f"{self.dir}/metrics.json"
 
     @property
+    def environment(self) -> str:
+        """Where the training ran (deeplab.environment), one entry per machine that trained the run."""
+        return f"{self.dir}/environment.json"
+
+    @property
+    def pip_freeze(self) -> str:
+        """Every installed package of the last training, as ``pip freeze`` lists them."""
+        return f"{self.dir}/pip_freeze.txt"
+
+    @property
     def run_id(self) -> str:
         """The cell's MLflow run id, so a resumed job and the evaluation reattach to one run."""
         return f"{self.dir}/mlflow_run_id"

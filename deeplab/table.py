@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from deeplab.config import DATASETS, Params
+from deeplab.environment import summary
 from deeplab.errors import PipelineError
 from deeplab.paths import CellFiles
 
@@ -133,8 +134,21 @@ def render(params: Params, preset: str, metrics: Metrics, link_base: str, root: 
                               for row in rows.itertuples()], columns=list(HEADER))
         table = shown.to_markdown(index=False, tablefmt="pipe", colalign=("center",) * len(HEADER),
                                   disable_numparse=True)
-        sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{table}")
+        where = measured_on([run for cell in rows["cell"] for run in metrics.get(cell, [])])
+        sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{where}{table}")
     return "\n\n".join(sections) + "\n"
+
+
+def measured_on(runs: list[Finished]) -> str:
+    """'Measured on: <GPUs>, torch <v>, cuDNN <v>.' for a section's finished runs (their last training
+    machine), or which machines when they disagree; nothing when no run recorded one."""
+    machines = sorted({summary(run.doc["environment"]["training"][-1]) for run in runs
+                       if run.doc.get("environment", {}).get("training")})
+    if not machines:
+        return ""
+    if len(machines) == 1:
+        return f"Measured on: {machines[0]}.\n\n"
+    return f"Measured on: cells disagree ({'; '.join(machines)}).\n\n"
 
 
 def _row(params: Params, preset: str, row: Any, runs: list[Finished], link_base: str) -> tuple[str, ...]:

@@ -29,6 +29,7 @@ from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_sta
 from deeplab.config import CellConfig
 from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
 from deeplab.distributed import Context, any_rank, barrier, sum_tensor
+from deeplab.environment import versions
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion, image_weights, valid_pixels
 from deeplab.model import build_model
@@ -163,7 +164,7 @@ class State:
 def save_checkpoint(state: State, cfg: CellConfig, path: Path) -> None:
     atomic_save({"model": state.bare_model().state_dict(), "optimizer": state.optimizer.state_dict(),
                  "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
-                 "rng": rng_state(), "iteration": state.iteration,
+                 "rng": rng_state(), "iteration": state.iteration, "environment": versions(),
                  "digest": cfg.digest(), "config": cfg.to_dict()}, path)
 
 
@@ -172,6 +173,11 @@ def resume(state: State, cfg: CellConfig, path: Path) -> bool:
     if not path.is_file():
         return False
     saved = load_checkpoint(path, cfg.digest(), cfg.to_dict())
+    before, now = saved.get("environment"), versions()
+    if before is not None and before != now:
+        warnings.warn(f"{path} was written under {before} and is resumed under {now}: training goes on, but "
+                      "a run resumed on other versions is not promised to equal an uninterrupted one",
+                      RuntimeWarning, stacklevel=2)
     state.bare_model().load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])

@@ -45,7 +45,14 @@ def test_train_and_evaluate_log_into_one_run(project: Path, monkeypatch: pytest.
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for a in client.list_artifacts(run.info.run_id, "pictures")}
     assert {"config.yaml", "train_log.csv", "metrics.json", "pictures/iou_per_class.png",
-            "pictures/learning_curves.png", "pictures/predictions.png"} <= artifacts
+            "pictures/learning_curves.png", "pictures/predictions.png", "environment.json",
+            "pip_freeze.txt"} <= artifacts
+    import torch
+    assert tags["env.torch"] == torch.__version__ and tags["env.device"] == "cpu" and tags["env.gpu_name"] == "None"
+    environment = metrics["environment"]
+    assert environment["evaluation"]["torch"] == torch.__version__ and environment["evaluation"]["gpu_name"] is None
+    (trained,) = environment["training"]  # one machine trained it
+    assert trained["device_count"] == 0 and "gpu_driver" in trained and len(trained["lock_sha256"] or "x" * 64) == 64
 
 
 def test_a_resumed_job_reattaches_to_its_run(tmp_path: Path) -> None:

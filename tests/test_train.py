@@ -202,3 +202,22 @@ def test_compiled_training_step_equals_eager(project: Path) -> None:
         assert (grad - reference).norm() <= 1e-4 * reference.norm() + 1e-8, name
     state = State(torch.compile(copy.deepcopy(eager), backend="aot_eager"), optimizer, None, None)  # type: ignore[arg-type]
     assert set(state.bare_model().state_dict()) == set(eager.state_dict())  # checkpoints hold the bare model
+
+
+def test_a_resume_under_other_versions_warns_naming_both(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bit-equality across torch/CUDA versions is not promised: resuming a checkpoint written under another
+    torch says so, naming both, and training still ends with its results written."""
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve(CELL, "smoke")
+    model = build_model(cfg, torch.device("cpu"))
+    optimizer = build_optimizer(model, cfg.train)
+    state = State(model, optimizer, build_scheduler(optimizer, 4, cfg.train), torch.amp.GradScaler("cpu", enabled=False), 2)
+    checkpoint = project / cfg.files.checkpoint
+    save_checkpoint(state, cfg, checkpoint)
+    saved = torch.load(checkpoint, weights_only=False)
+    saved["environment"] = {**saved["environment"], "torch": "2.9.0+cu126", "cuda": "12.6"}
+    torch.save(saved, checkpoint)
+    with pytest.warns(RuntimeWarning, match=r"'torch': '2\.9\.0\+cu126'.*resumed under .*'torch': '" +
+                      torch.__version__.replace("+", r"\+")):
+        assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    assert (project / cfg.files.model).is_file()
