@@ -31,9 +31,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest
 
-# Day-to-day: everything but the tests marked slow (the DAG end to end, the learning check); a few minutes.
+# Day-to-day: everything but the tests marked slow (the DAG end to end, the learning check) or slurm; minutes.
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not slurm"
 
 # What the GPU at hand gives the recipe (a benchmark, not a test): training step, memory, auto-fit, loader,
 # evaluation, compile, DDP; under ten minutes. Without CUDA it runs tiny sizes on the CPU, labelled as such.

@@ -402,7 +402,8 @@ def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: C
     optimizer = build_optimizer(model, cfg.train)
     state = State(model, optimizer, build_scheduler(optimizer, max_iters, cfg.train),
                   torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16))
-    resume(state, cfg, checkpoint)
+    if resume(state, cfg, checkpoint) and ctx.is_main:
+        print(f"resuming from {checkpoint} at iteration {state.iteration} of {max_iters}", flush=True)
     if ctx.distributed:
         state.model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
                                               else None)
