@@ -21,12 +21,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import write_png
 
+from deeplab.config import CellConfig, EvalSettings
 from deeplab.datasets import DatasetError, SegmentationDataset, check_label, worker_init
 from deeplab.metrics import ConfusionMatrix
 from deeplab.precision import resolve_precision
-from deeplab.transforms import IGNORE_INDEX, eval_size, normalize
-
-MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+from deeplab.transforms import eval_size, normalize
 
 
 @dataclass(frozen=True)

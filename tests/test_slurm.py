@@ -188,7 +188,7 @@ def test_the_smoke_dag_runs_through_the_slurm_profile_and_resumes_a_cancelled_jo
     cancelled = [j for j in jobs if f"rule_train_cell_wildcards_{CANCELLED}" in j.get("Comment", "")]
     assert [j["JobState"] for j in cancelled] == ["CANCELLED", "COMPLETED"], cancelled
     log = (checkout / "logs" / "smoke" / "train_cell" / f"{CANCELLED}.log").read_text()
-    assert re.search(rf"resuming from \S+last\.pt at iteration [1-9]\d* of \d+", log), log[-3000:]
+    assert re.search(r"resuming from \S+last\.pt at iteration [1-9]\d* of \d+", log), log[-3000:]
 
     table = (checkout / "results" / "smoke" / "table.md").read_text()
     assert len(re.findall(r"\|\s*\d+\.\d\d%\s*\|\s*\d+\.\d\d%\s*\|", table)) == 2, table
