@@ -151,10 +151,13 @@ def test_gradient_accumulation_keeps_the_global_batch(project: Path, monkeypatch
 
 @pytest.mark.slow
 def test_learns_synthetic_data(tmp_path: Path, params_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """150 iterations on bright shapes on black beat chance (~35% mIoU for 2 classes) by a wide margin.
+    """200 iterations on bright shapes on black beat chance (~35% mIoU for 2 classes) by a wide margin.
     From scratch at the recipe's lr, a network needs this many steps even for this task: minutes on
-    2 cores, hence ``slow``. Images are drawn at the crop's scale (no random rescale) to spare compute."""
-    shrink_params(params_dir, crop=16, batch=8, epochs=75,
+    2 cores, hence ``slow``. Images are drawn at the crop's scale (no random rescale) to spare compute.
+    With the reference's per-image loss normalisation (groups of 1 image at this batch) it reached 51.5 after
+    150 iterations and 57.0 after 200 (it was 61 after 150 with the batch-wide pixel mean); 50 keeps a margin
+    for the run-to-run noise of non-deterministic kernels."""
+    shrink_params(params_dir, crop=16, batch=8, epochs=100,
                   train={"checkpoint_every": 1000, "log_every": 25, "deterministic": False},
                   dataset={"num_classes": 2, "ratio_range": [1.0, 1.0]})
     write_prepared(tmp_path / "data" / "smoke" / "prepared" / "voc", num_classes=2, n_train=16, n_val=4,
@@ -163,7 +166,7 @@ def test_learns_synthetic_data(tmp_path: Path, params_dir: Path, monkeypatch: py
     assert pipeline.train.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
     assert pipeline.evaluate.main(["--cell", "voc-r50-os16", "--preset", "smoke"]) == 0
     metrics = json.loads((tmp_path / "results" / "smoke" / "voc-r50-os16" / "metrics.json").read_text())
-    assert metrics["mIoU"] > 55, metrics
+    assert metrics["mIoU"] > 50, metrics
 
 
 def test_compiled_training_step_equals_eager(project: Path) -> None:
