@@ -45,7 +45,7 @@ def test_a_folder_of_odd_sizes_and_a_broken_file(project: Path, monkeypatch: pyt
         assert classes.shape == (1, h, w) and classes.dtype == torch.uint8 and classes.max() < 21
         assert read_image(str(project / "out" / f"{stem}_color.png")).shape == (3, h, w)
         assert read_image(str(project / "out" / f"{stem}_overlay.jpg")).shape == (3, h, w)
-        image = torch.from_numpy(np.asarray(Image.open(folder / name).convert("RGB"))).permute(2, 0, 1).contiguous()
+        image = torch.from_numpy(np.array(Image.open(folder / name).convert("RGB"))).permute(2, 0, 1).contiguous()
         expected = predict(model, image, SINGLE_SCALE, InputSpec.of(cfg, torch.device("cpu")))  # as evaluation scores
         assert torch.equal(classes[0].long(), expected)
 
