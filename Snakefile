@@ -2,6 +2,7 @@
 #   snakemake --cores all results/table.md                      the full recipe (needs GPUs and the data)
 #   snakemake --cores all --config preset=smoke                 the smoke preset on CPU, in minutes
 #   snakemake --profile profiles/slurm results/table.md         one SLURM job per cell
+#   snakemake --report report.html [--config preset=smoke]       one self-contained page: table, pictures
 # Every number lives in params/ (loaded and validated by deeplab.config); every file name in deeplab.paths,
 # which this file and the stages both ask (so a rule's outputs are exactly what its command writes); rules
 # pass only ids and the preset. dvc.yaml runs the same commands.
@@ -111,7 +112,12 @@ rule evaluate_cell:
         model=rules.train_cell.output.model,
         meta=lambda w: PATHS.prepared_meta(RUNS[w.run].cell.dataset),
         tracking=ancient(rules.init_tracking.output.store),
-    output: metrics=PATHS.run("{run}").metrics
+    output:  # the pictures go into `snakemake --report report.html`, one subcategory per run
+        metrics=PATHS.run("{run}").metrics,
+        **{name: report(PATHS.run("{run}").picture(name), category=caption, subcategory="{run}",
+                        labels={"run": "{run}", "figure": caption})
+           for name, caption in (("iou_per_class", "per-class IoU"), ("learning_curves", "learning curves"),
+                                 ("predictions", "predictions"))},
     log: PATHS.log("evaluate_cell", "{run}")
     params: run=run_args
     threads: lambda w: RUNS[w.run].train.workers + 1  # as training: loader workers + the main process
@@ -123,8 +129,8 @@ rule evaluate_cell:
 rule make_table:
     input: metrics=[PATHS.run(run).metrics for run in RUNS]
     output:  # the full preset also rewrites README.md's results block
-        table=PATHS.table(),
-        summary=PATHS.summary(),
+        table=report(PATHS.table(), category="results table", labels={"file": "table.md"}),
+        summary=report(PATHS.summary(), category="results table", labels={"file": "summary.csv"}),
         per_class=PATHS.per_class_iou(),
     log: PATHS.log("make_table")
     shell: "{PY} -m pipeline.table {STAGE_ARGS} > {log} 2>&1"

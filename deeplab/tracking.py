@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 from deeplab import atomic
 from deeplab.paths import CellFiles
+# MLflow 3's UI files experiments without this tag under "GenAI / Evaluation runs"; these train models.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 # An unreachable HTTP server blocks ~245 s with MLflow's default retries: fail fast instead.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -64,8 +66,11 @@ def init_store(uri: str, experiment: str, project_root: str | Path) -> str:
     client = _mlflow().MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
-    return client.create_experiment(experiment, artifact_location=artifact_root(uri, project_root))
+    return client.create_experiment(experiment, artifact_location=artifact_root(uri, project_root),
+                                    tags=dict([EXPERIMENT_KIND]))
 
 
 def try_init_store(uri: str, experiment: str, project_root: str | Path) -> tuple[str | None, str | None]:

@@ -80,6 +80,16 @@ def test_snakemake_runs_the_smoke_dag(snakemake_run: tuple[Path, str]) -> None:
     _check_outcome(*snakemake_run)
 
 
+def test_the_snakemake_report_is_one_self_contained_page(snakemake_run: tuple[Path, str]) -> None:
+    checkout, uri = snakemake_run
+    run_tool(["snakemake", "--report", "report.html", "--config", "preset=smoke"], checkout, timeout=600,
+             MLFLOW_TRACKING_URI=uri)
+    page = (checkout / "report.html").read_text()
+    assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']https?://", page)  # nothing loaded from outside
+    for expected in ("voc-r50-os16/seed1", "cityscapes-r101-os16", "per-class IoU", "learning curves", "table.md"):
+        assert expected in page, expected
+
+
 def test_snakemake_results_can_be_adopted_by_dvc(snakemake_run: tuple[Path, str]) -> None:
     """README's recipe: `dvc commit -f` records Snakemake's outputs; DVC then has nothing to rerun, and
     a VOC training setting marks only the VOC training stages (and the table, which shows the recipe) as

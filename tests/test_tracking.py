@@ -29,6 +29,7 @@ def test_train_and_evaluate_log_into_one_run(project: Path, monkeypatch: pytest.
 
     from mlflow import MlflowClient
     client = MlflowClient(marker["uri"])
+    assert client.get_experiment(marker["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([marker["experiment_id"]])
     assert [r.info.run_name for r in runs] == [CELL]
     run = runs[0]
