@@ -31,12 +31,12 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deeplab.autofit import CudaMemory, choose, predicted_line  # noqa: E402
+from deeplab.autofit import CudaMemory, choose  # noqa: E402
 from deeplab.config import CellConfig, load_params  # noqa: E402
 from deeplab.datasets import TrainDataset  # noqa: E402
 from deeplab.evaluate import SINGLE_SCALE, InputSpec, predict  # noqa: E402
 from deeplab.losses import criterion  # noqa: E402
-from deeplab.memory import GIB, ModelShape, predict_step  # noqa: E402
+from deeplab.memory import GIB, ModelShape, predict_step, predicted_line  # noqa: E402
 from deeplab.model import FORWARD_GFLOPS_512, build_model, convert_sync_batchnorm  # noqa: E402
 from deeplab.precision import configure_backends  # noqa: E402
 from deeplab.transforms import Augmentation, sample_seed  # noqa: E402
@@ -105,7 +105,7 @@ def training_rows(setup: Setup) -> tuple[list[str], dict[tuple[str, int], float]
                 dtype = torch.bfloat16 if precision == "bf16" else None
                 model = build_model(cfg, setup.device)
                 micro = choose(setup.images, CudaMemory(model, cfg, setup.device, dtype),
-                               predicted_line(cfg, precision), log=lambda line: None)
+                               predicted_line(ModelShape.of(cfg, precision)), log=lambda line: None)
                 del model
                 torch.cuda.empty_cache()
             rate, peak = step_rate(cfg, setup, micro)

@@ -21,7 +21,7 @@ from torch import nn
 from deeplab.config import CellConfig
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion
-from deeplab.memory import Line, ModelShape, fit_line, micro_batches, predict_step, usable_bytes, GIB
+from deeplab.memory import GIB, Line, micro_batches, usable_bytes
 
 HEADROOM = 0.05  # a trial that leaves less than this share of the GPU free counts as not fitting
 
@@ -75,12 +75,6 @@ def trial_step(model: nn.Module, cfg: CellConfig, micro_batch: int, device: torc
         outputs = trial(images)
     criterion(outputs, labels, aux_weight=cfg.train.aux_weight)["loss"].backward()
     optimizer.step()
-
-
-def predicted_line(cfg: CellConfig, precision: str) -> Line:
-    """The memory plan's line for this cell: two fake-tensor predictions (seconds on the host's CPU)."""
-    shape = ModelShape.of(cfg, "bf16" if precision != "fp32" else "fp32")
-    return fit_line(*((n, predict_step(shape, n).total) for n in (2, 4)))
 
 
 def choose(share: int, memory: Memory, line: Line | None, log: Callable[[str], None] = print) -> int:

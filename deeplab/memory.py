@@ -138,6 +138,14 @@ def fit_line(small: tuple[int, int], large: tuple[int, int]) -> Line:
     return Line(b1 - per_image * n1, per_image)
 
 
+POINTS = (2, 4)  # the two micro-batches every line is fitted through
+
+
+def predicted_line(shape: ModelShape) -> Line:
+    """Peak memory against micro-batch for ``shape``: the line through predictions at ``POINTS``."""
+    return fit_line(*((n, predict_step(shape, n).total) for n in POINTS))
+
+
 def usable_bytes(gpu_gib: float) -> float:
     """Tensor bytes a GPU of ``gpu_gib`` GiB can hold for training, after the stated margins."""
     return (gpu_gib - RESERVED_GIB) * GIB / FRAGMENTATION

@@ -17,11 +17,10 @@ import pandas as pd
 import torch
 
 from deeplab.config import Params
-from deeplab.memory import (FRAGMENTATION, GIB, RESERVED_GIB, Line, ModelShape, StepMemory, accumulation, fit_line,
-                            largest_fitting, predict_step)
+from deeplab.memory import (FRAGMENTATION, GIB, POINTS, RESERVED_GIB, Line, ModelShape, StepMemory, accumulation,
+                            fit_line, largest_fitting, predict_step)
 
 PRECISIONS = ("bf16", "fp32")
-POINTS = (2, 4)              # the two micro-batches each line is fitted through
 GPU_SIZES = (24, 40, 80)     # GiB, the README's columns
 BEGIN = "<!-- memory-plan:begin -->"
 END = "<!-- memory-plan:end -->"

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from deeplab import atomic
-from deeplab.autofit import CudaMemory, Memory, OutOfMemory, choose, predicted_line, smaller
+from deeplab.autofit import CudaMemory, Memory, OutOfMemory, choose, smaller
 from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
 from deeplab.config import CellConfig
 from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
@@ -32,6 +32,7 @@ from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.environment import versions
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion, image_weights, valid_pixels
+from deeplab.memory import ModelShape, predicted_line
 from deeplab.model import build_model
 from deeplab.paths import CellFiles
 from deeplab.precision import configure_backends, resolve_precision
@@ -65,18 +66,23 @@ def accumulation_steps(share: int, max_micro_batch: int) -> int:
     return next(k for k in range(math.ceil(share / max_micro_batch), share + 1) if share % k == 0)
 
 
+def rank_share(cfg: CellConfig, ctx: Context) -> int:
+    """Images this rank trains on per iteration: its part of the global batch."""
+    return cfg.data.batch_size // ctx.world
+
+
 def micro_batch_for(cfg: CellConfig, ctx: Context, model: nn.Module, dtype: torch.dtype | None,
                     memory: Memory | None = None) -> int:
     """Images per forward pass on this rank: from ``train.max_micro_batch``, or found by auto-fit (a GPU,
     or the ``memory`` a test pretends); on a CPU ``auto`` is the whole share."""
-    share = cfg.data.batch_size // ctx.world
+    share = rank_share(cfg, ctx)
     setting = cfg.train.max_micro_batch
     if setting != "auto":
         return share // accumulation_steps(share, setting)
     if memory is None and ctx.device.type != "cuda":
         return share
     memory = memory or CudaMemory(model, cfg, ctx.device, dtype)
-    return choose(share, memory, predicted_line(cfg, "fp32" if dtype is None else "bf16"),
+    return choose(share, memory, predicted_line(ModelShape.of(cfg, "fp32" if dtype is None else "bf16")),
                   log=print if ctx.is_main else lambda line: None)
 
 
@@ -86,7 +92,7 @@ def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: 
     augmented by the workers."""
     data = cfg.data
     dataset = TrainDataset(prepared_dir, data.train_split, Augmentation.of(cfg), data.num_classes)
-    accumulation = data.batch_size // ctx.world // micro_batch
+    accumulation = rank_share(cfg, ctx) // micro_batch
     sampler = GlobalBatchSampler(len(dataset), data.batch_size, seed=cfg.train.seed, start=start, stop=stop,
                                  rank=ctx.rank, world=ctx.world, accumulation=accumulation)
     workers = cfg.train.workers
@@ -110,9 +116,8 @@ def device_batch(batch: dict[str, torch.Tensor], device: torch.device,
 def reference_groups(cfg: CellConfig, ctx: Context) -> tuple[int, torch.Tensor]:
     """The reference's split of the global batch into ``G`` per-GPU groups of consecutive images, and the
     group of each image of this rank's share (in the sampler's slot order)."""
-    batch = cfg.data.batch_size
+    batch, share = cfg.data.batch_size, rank_share(cfg, ctx)
     count = math.gcd(batch, cfg.train.reference_replicas)
-    share = batch // ctx.world
     return count, torch.arange(ctx.rank * share, (ctx.rank + 1) * share) // (batch // count)
 
 
@@ -316,8 +321,7 @@ class BufferBackup:
 
 def _after_oom(state: State, cfg: CellConfig, ctx: Context) -> int:
     """The micro-batch to retry with after running out of memory (single-GPU jobs only)."""
-    share = cfg.data.batch_size // ctx.world
-    retry = smaller(share, state.micro_batch)
+    retry = smaller(rank_share(cfg, ctx), state.micro_batch)
     if ctx.distributed or retry is None:
         raise OutOfMemory(f"out of memory at iteration {state.iteration + 1} with a micro-batch of "
                           f"{state.micro_batch} images{' under DDP' if ctx.distributed else ''}; set "
@@ -334,21 +338,23 @@ def run_iterations(state: State, loader_for: Callable[[int, int], DataLoader], c
                    on_validate: Callable[[int], None], dtype: torch.dtype | None) -> None:
     """The loop: one optimiser step per iteration; log, check, checkpoint, validate at their periods. A
     step that runs out of memory is retried with a smaller micro-batch (same images, same gradient)."""
-    accumulation = cfg.data.batch_size // ctx.world // state.micro_batch
+    accumulation = rank_share(cfg, ctx) // state.micro_batch
     batches: Iterator[dict[str, torch.Tensor]] = iter(loader_for(state.iteration, state.micro_batch))
-    window, t, backup = Window(ctx.device), cfg.train, BufferBackup(state.model)
+    window, t = Window(ctx.device), cfg.train
+    backup = None if ctx.distributed else BufferBackup(state.model)  # DDP cannot retry a step: no copies
     with StopSignals() as signals:
         while state.iteration < max_iters:
             torch.manual_seed(sample_seed(t.seed, state.iteration, DROPOUT_SLOT + ctx.rank))  # dropout masks
             micro = [next(batches) for _ in range(accumulation)]
-            backup.save()
+            if backup is not None:
+                backup.save()
             try:
                 losses = train_iteration(state.model, micro, state.optimizer, state.scaler, cfg, ctx, dtype)
             except torch.OutOfMemoryError:
                 del micro
+                state.micro_batch = _after_oom(state, cfg, ctx)  # raises under DDP
                 backup.restore()
-                state.micro_batch = _after_oom(state, cfg, ctx)
-                accumulation = cfg.data.batch_size // ctx.world // state.micro_batch
+                accumulation = rank_share(cfg, ctx) // state.micro_batch
                 batches = iter(loader_for(state.iteration, state.micro_batch))
                 continue
             window.add(losses, state.iteration, sum(len(m["label"]) for m in micro))
