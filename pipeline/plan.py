@@ -55,7 +55,7 @@ def free_configuration(args: argparse.Namespace) -> None:
 
 def cell_plan(args: argparse.Namespace) -> int:
     params = stage.params(args)
-    path, paths_preset = Path(params.preset(args.preset).paths.memory_plan()), params.preset(args.preset)
+    path = Path(params.preset(args.preset).paths.memory_plan())
     stored = plan.read(path)
     if args.check:
         return check(params, args.preset, stored, path)
@@ -71,11 +71,15 @@ def cell_plan(args: argparse.Namespace) -> int:
             print(f"{cell} {precision} at {images} images/GPU: " + ", ".join(f"{k} {v} GiB" for k, v in split.items()))
     if args.write:
         atomic.write_json(path, built, sort_keys=True)
-        if paths_preset.name == "full":
-            atomic.write_text(README, replace_block(README.read_text(), plan.render(built, params, "full"), README,
-                                                    plan.BEGIN, plan.END))
-        print(f"pipeline.plan: wrote {path}" + (f" and {README}" if paths_preset.name == "full" else ""))
+        if args.preset == "full":  # only the full preset's plan is README's table
+            atomic.write_text(README, readme_with(built, params))
+        print(f"pipeline.plan: wrote {path}" + (f" and {README}" if args.preset == "full" else ""))
     return 0
+
+
+def readme_with(built: dict[str, Any], params: Params) -> str:
+    """README.md with its memory table rendered from the full preset's plan ``built``."""
+    return replace_block(README.read_text(), plan.render(built, params, "full"), README, plan.BEGIN, plan.END)
 
 
 def check(params: Params, preset: str, stored: dict[str, Any] | None, path: Path) -> int:
@@ -84,8 +88,7 @@ def check(params: Params, preset: str, stored: dict[str, Any] | None, path: Path
         raise StalePlan(f"{path}: no current prediction for {', '.join(missing[:4])}"
                         f"{' ...' if len(missing) > 4 else ''}; run `python -m pipeline.plan --preset {preset} --write`")
     if preset == "full":
-        expected = replace_block(README.read_text(), plan.render(stored, params, preset), README, plan.BEGIN, plan.END)
-        if expected != README.read_text():
+        if readme_with(stored, params) != README.read_text():
             raise StalePlan(f"{README}: the memory table differs from {path}; run `python -m pipeline.plan --write`")
     print(f"pipeline.plan: {path} up to date")
     return 0
