@@ -68,6 +68,7 @@ rule download_dataset:
 rule download_weights:
     output: manifest=PATHS.weights_manifest("{backbone}")
     log: PATHS.log("download_weights", "{backbone}")
+    params: width=PARAMS.model_settings(PRESET).backbone_width  # a changed width rewrites the synthetic checkpoint
     shell: "{PY} -m pipeline.download --weights {wildcards.backbone} {STAGE_ARGS} > {log} 2>&1"
 
 

@@ -24,7 +24,9 @@ class ResNet(nn.Module):
     """Dilated ResNet returning the feature maps the decoder needs: layer1, layer3 and layer4."""
 
     def __init__(self, depth: Literal["r50", "r101"] = "r50", output_stride: Literal[8, 16] = 8,
-                 stem: Literal["deep", "standard"] = "deep") -> None:
+                 stem: Literal["deep", "standard"] = "deep", width: int = 64) -> None:
+        """``width``: channels of the stem's output and of layer1's bottlenecks (64 = ResNet and every
+        ImageNet checkpoint; the stages have width, 2, 4 and 8 times it, times 4 at their outputs)."""
         super().__init__()
         if depth not in DEPTHS:
             raise ValueError(f"backbone must be one of {sorted(DEPTHS)}, got {depth!r}")
@@ -32,27 +34,31 @@ class ResNet(nn.Module):
             raise ValueError(f"output_stride must be 8 or 16, got {output_stride!r}")
         if stem not in ("deep", "standard"):
             raise ValueError(f"stem must be 'deep' or 'standard', got {stem!r}")
+        if width < 2 or width % 2:
+            raise ValueError(f"width must be an even number of channels, got {width!r}")
         self.stem_type = stem
-        if stem == "deep":  # V1c: three 3x3 convs (32, 32, 64 channels), the first with stride 2
+        self.channels = {"layer1": 4 * width, "layer3": 16 * width, "layer4": 32 * width}
+        half = width // 2
+        if stem == "deep":  # V1c: three 3x3 convs (32, 32, 64 channels at width 64), the first with stride 2
             self.stem = nn.Sequential(
-                nn.Conv2d(3, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-                nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
-                nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+                nn.Conv2d(3, half, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                nn.Conv2d(half, half, 3, padding=1, bias=False), nn.BatchNorm2d(half), nn.ReLU(inplace=True),
+                nn.Conv2d(half, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True))
         else:  # torchvision's 7x7 stem
-            self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
+            self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+            self.bn1 = nn.BatchNorm2d(width)
             self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         strides, dilations = STRIDES_DILATIONS[output_stride]
-        inplanes = 64
-        for i, (blocks, planes) in enumerate(zip(DEPTHS[depth], (64, 128, 256, 512)), start=1):
+        inplanes = width
+        for i, (blocks, planes) in enumerate(zip(DEPTHS[depth], (width, 2 * width, 4 * width, 8 * width)), start=1):
             layer = _make_layer(inplanes, planes, blocks, strides[i - 1], dilations[i - 1])
             self.add_module(f"layer{i}", layer)
             inplanes = planes * Bottleneck.expansion
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.stem(x) if self.stem_type == "deep" else self.relu(self.bn1(self.conv1(x)))
-        c1 = self.layer1(self.maxpool(x))  # (N, 256, H/4, W/4)
+        c1 = self.layer1(self.maxpool(x))  # (N, 256, H/4, W/4) at width 64
         c3 = self.layer3(self.layer2(c1))  # (N, 1024, H/OS, W/OS)
         c4 = self.layer4(c3)               # (N, 2048, H/OS, W/OS)
         return {"layer1": c1, "layer3": c3, "layer4": c4}

@@ -81,6 +81,7 @@ class DatasetRecipe:
 class ModelSettings:
     stem: Literal["deep", "standard"]
     pretrained: Literal["imagenet", "none"]
+    backbone_width: int
     aspp_channels: int
     aspp_rates_os8: tuple[int, int, int]
     aspp_rates_os16: tuple[int, int, int]
@@ -94,6 +95,8 @@ class ModelSettings:
         for key in ("aspp_channels", "low_level_channels", "decoder_channels", "aux_channels"):
             if getattr(self, key) <= 0:
                 problems[key] = "must be positive"
+        if self.backbone_width < 2 or self.backbone_width % 2:
+            problems["backbone_width"] = "must be a positive even number of channels (64 = the ImageNet checkpoints)"
         for key in ("aspp_rates_os8", "aspp_rates_os16"):
             if min(getattr(self, key)) <= 0:
                 problems[key] = "atrous rates must be positive"
@@ -325,6 +328,10 @@ class Params:
             raise UnknownName(f"unknown preset '{name}'; known presets: {', '.join(self.presets)} "
                               "(params/presets.yaml)")
         return self.presets[name]
+
+    def model_settings(self, preset: str = "full") -> ModelSettings:
+        """model.yaml with ``preset``'s overrides applied."""
+        return self._section("model", self.model, self.preset(preset))
 
     def dataset(self, name: str, preset: str = "full") -> DatasetRecipe:
         """The recipe of ``name`` with ``preset``'s overrides applied."""

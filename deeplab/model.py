@@ -118,7 +118,7 @@ def deeplabv3plus(*, backbone: Literal["r50", "r101"] = "r50", output_stride: Li
                   num_classes: int = 21, aspp_rates: Sequence[int], aux_loss: bool = True,
                   stem: Literal["deep", "standard"] = "deep", pretrained_backbone: str | Path | None = None,
                   aspp_channels: int = 512, low_level_channels: int = 48, decoder_channels: int = 512,
-                  aux_channels: int = 512, dropout: float = 0.1) -> DeepLabV3Plus:
+                  aux_channels: int = 512, dropout: float = 0.1, backbone_width: int = 64) -> DeepLabV3Plus:
     """Build DeepLabV3+ with a dilated ResNet-50/101 backbone.
 
     Args:
@@ -129,16 +129,18 @@ def deeplabv3plus(*, backbone: Literal["r50", "r101"] = "r50", output_stride: Li
         stem: ``"deep"`` (V1c, the recipe) or ``"standard"`` (7x7, for torchvision's ImageNet weights).
         pretrained_backbone: path to the ImageNet checkpoint of that backbone, loaded strictly.
         aspp_rates: the three atrous rates: the recipe has (12, 24, 36) at OS8, (6, 12, 18) at OS16.
+        backbone_width: the ResNet's base width (64 = the recipe and the ImageNet checkpoints).
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
-    body = ResNet(backbone, output_stride, stem)
+    body = ResNet(backbone, output_stride, stem, backbone_width)
     if pretrained_backbone is not None:
         load_imagenet_weights(body, pretrained_backbone)
-    head = DeepLabV3PlusHead(num_classes, aspp_rates,
+    head = DeepLabV3PlusHead(num_classes, aspp_rates, in_channels=body.channels["layer4"],
+                             low_level_in=body.channels["layer1"],
                              aspp_channels=aspp_channels, low_level_channels=low_level_channels,
                              decoder_channels=decoder_channels, dropout=dropout)
-    aux = FCNHead(1024, aux_channels, num_classes, dropout) if aux_loss else None
+    aux = FCNHead(body.channels["layer3"], aux_channels, num_classes, dropout) if aux_loss else None
     return DeepLabV3Plus(body, head, aux)
 
 
@@ -151,7 +153,7 @@ def build_model(cfg: CellConfig, device: torch.device, weights: str | Path | Non
                           pretrained_backbone=weights, aspp_rates=cfg.aspp_rates,
                           aspp_channels=cfg.model.aspp_channels, low_level_channels=cfg.model.low_level_channels,
                           decoder_channels=cfg.model.decoder_channels, aux_channels=cfg.model.aux_channels,
-                          dropout=cfg.model.dropout)
+                          dropout=cfg.model.dropout, backbone_width=cfg.model.backbone_width)
     if distributed and device.type == "cuda":
         model = convert_sync_batchnorm(model)
     model = model.to(device)

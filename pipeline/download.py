@@ -40,10 +40,11 @@ def fetch_dataset(dataset: str, preset: Preset, source: str | None) -> str:
     return manifest
 
 
-def fetch_weights(backbone: str, preset: Preset, source: str | None) -> str:
-    """Fetch one backbone's checkpoint into the preset's weights folder; return the manifest path."""
+def fetch_weights(backbone: str, preset: Preset, source: str | None, width: int = 64) -> str:
+    """Fetch one backbone's checkpoint into the preset's weights folder; return the manifest path.
+    ``width``: the preset's backbone width, for the synthetic checkpoint (the official ones are 64)."""
     weights_dir = Path(preset.paths.weights_dir())
-    files = write_synthetic_weights(backbone, weights_dir) if preset.synthetic \
+    files = write_synthetic_weights(backbone, weights_dir, width=width) if preset.synthetic \
         else download_weights(backbone, weights_dir, source=source)
     manifest = preset.paths.weights_manifest(backbone)
     atomic.write_json(manifest, {"backbone": backbone, "preset": preset.name, "synthetic": preset.synthetic,
@@ -62,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> None:
-        preset = stage.params(args).preset(args.preset)
+        params = stage.params(args)
+        preset = params.preset(args.preset)
         manifest = fetch_dataset(args.dataset, preset, args.source) if args.dataset \
-            else fetch_weights(args.weights, preset, args.source)
+            else fetch_weights(args.weights, preset, args.source, params.model_settings(args.preset).backbone_width)
         print(f"pipeline.download: wrote {manifest}")
     return stage.run("download", work)
 

@@ -72,8 +72,8 @@ def _edit(path: Path, old: str, new: str) -> int:
     ("model.yaml", "pretrained: imagenet", "pretrained: imagenet21k", r"model\.pretrained: 'imagenet21k' is not one of"),
     ("cells.yaml", "reference_miou: 77.43", "reference_miou: 177.43", r"cells\.voc-r50-os8\.reference_miou"),
     ("cells.yaml", "voc-r50-os8:  ", "voc-r50-os9:  ", r"cells\.voc-r50-os9: cell id must be 'voc-r50-os8'"),
-    ("presets.yaml", "crop_size: [16, 16],", "crop_sz: [16, 16],", r"presets\.smoke\.overrides\.datasets\.voc\.crop_sz: unknown key"),
-    ("presets.yaml", "train: {", "train: {lr: -1, ", r"presets\.smoke\.overrides\.train\.lr: must be positive"),
+    ("presets.yaml", "crop_size: [32, 32],", "crop_sz: [32, 32],", r"presets\.smoke\.overrides\.datasets\.voc\.crop_sz: unknown key"),
+    ("presets.yaml", "train: {lr: 0.05", "train: {lr: -1", r"presets\.smoke\.overrides\.train\.lr: must be positive"),
 ])
 def test_bad_values_name_file_key_and_line(params_dir: Path, file: str, old: str, new: str, message: str) -> None:
     line = _edit(params_dir / file, old, new)

@@ -19,7 +19,7 @@ from PIL import Image
 from deeplab.config import load_params
 from deeplab.data.labels import ADE20K_CLASSES, VOC_CLASSES
 from deeplab.data.prepare import PrepareError, prepare
-from deeplab.data.synthetic import class_colours, write_archives
+from deeplab.data.synthetic import dataset_colours, write_archives
 from pipeline import prepare as prepare_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,7 +257,7 @@ def test_synthetic_content_is_learnable(prepared, dataset: str) -> None:
     """Pixel colour alone tells the class of every painted region (VOC's background is a grey texture):
     a network can learn these images in a short CPU run."""
     _, out = prepared[dataset]
-    colours = class_colours().astype(np.float32)
+    colours = dataset_colours(dataset).astype(np.float32)
     correct = total = 0
     for image_rel, label_rel in split_pairs(out, "val"):
         with Image.open(out / image_rel) as picture:

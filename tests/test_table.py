@@ -76,7 +76,8 @@ def test_smoke_preset_shows_its_own_recipe(params_dir: Path) -> None:
         assert recipe.crop_size != params.dataset(dataset, "full").crop_size  # the preset's own crop...
         height, width = recipe.crop_size
         assert (f"ResNet50 (OS=8, PRE=Synthetic) | {height}x{width} | "  # ...shown (h x w), a random backbone
-                f"LR/POLICY/BS/EPOCH: 0.01/poly/{recipe.batch_size}/{recipe.epochs}") in text
+                f"LR/POLICY/BS/EPOCH: {params.resolve('voc-r50-os8', 'smoke').train.lr:g}/poly/{recipe.batch_size}/"
+                f"{recipe.epochs}") in text
 
 
 def test_stage_writes_table_and_readme_block_for_full_only(tmp_path: Path, params_dir: Path) -> None:

@@ -64,20 +64,21 @@ def download_weights(backbone: str, weights_dir: Path, *, source: str | None = N
 
 def write_synthetic(dataset: str, raw_dir: Path, *, seed: int = 0) -> dict[str, Any]:
     """Synthetic archives under the official names instead of a download (the smoke preset)."""
-    paths = synthetic.write_archives(dataset, raw_dir, seed=seed)
+    paths = synthetic.write_archives(dataset, raw_dir, seed=seed, **synthetic.DEMO_SIZES[dataset])
     return {p.name: _entry(p, file_digests(p)["sha256"], f"synthetic (seed {seed})") for p in paths}
 
 
-def write_synthetic_weights(backbone: str, weights_dir: Path, *, seed: int = 0) -> dict[str, Any]:
+def write_synthetic_weights(backbone: str, weights_dir: Path, *, seed: int = 0, width: int = 64) -> dict[str, Any]:
     """A randomly initialised backbone under the official checkpoint's name and format (the smoke preset):
     the V1c state-dict keys plus the unused ``fc.*`` classifier, saved with torch.save, so training loads
-    it through the same strict path as the real ImageNet weights."""
+    it through the same strict path as the real ImageNet weights. ``width``: the preset's backbone width."""
     import torch
     from deeplab.backbone import ResNet
     spec = IMAGENET_WEIGHTS[backbone]
     torch.manual_seed(seed)
-    state = ResNet(backbone, 16, "deep").state_dict()
-    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 2048), torch.zeros(1000)
+    body = ResNet(backbone, 16, "deep", width)
+    state = body.state_dict()
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1000, body.channels["layer4"]), torch.zeros(1000)
     path = weights_dir / spec.filename
     with atomic.replacing(path, "wb") as f:
         torch.save(state, f)

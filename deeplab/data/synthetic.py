@@ -8,7 +8,10 @@ and SBD id lists overlap the way the real ones do (SBD train holds VOC val ids, 
 in SBD, one id is listed twice), so the trainaug set arithmetic is exercised.
 
 Images are class-coloured shapes on a textured grey background: the colour of a region tells its class,
-so a short CPU training run learns them (mIoU far above chance). Archives are byte-for-byte reproducible
+so a short CPU training run learns them (mIoU far above chance). Each dataset paints a few classes of its
+official label space (``PAINTED``), in hues spread evenly around the colour wheel so that the recipe's hue
+jitter (+-36 degrees) never turns one into another. ``DEMO_SIZES`` are the smoke preset's archives: more,
+smaller images than the test fixtures' defaults, so that every class appears in many training images. Archives are byte-for-byte reproducible
 for a given seed (fixed member order and timestamps), so their sha256 is stable across runs.
 """
 from __future__ import annotations
@@ -30,6 +33,14 @@ from deeplab.data.labels import ADE20K_CLASSES, IGNORE_INDEX, voc_palette
 
 MTIME = 1_336_694_400  # 2012-05-11, fixed so archives are reproducible byte for byte
 Member = tuple[str, bytes]  # (path inside the archive, content)
+# Raw label values painted per dataset (VOC's 0 and ADE20k's 0 show the grey background instead):
+# VOC background + bird, car, dog, person; ADE20k wall, floor, bed, person, chair; Cityscapes labelIds
+# road, sidewalk, building, vegetation, sky, car (plus void regions: ground, static).
+PAINTED = {"voc": (3, 7, 12, 15), "ade20k": (1, 4, 8, 13, 20), "cityscapes": (7, 8, 11, 21, 23, 26)}
+DEMO_SIZES = {"voc": {"voc_train": 40, "voc_val": 16, "sbd_only": 80, "height": 48, "width": 64},
+              "ade20k": {"train": 120, "val": 16, "height": 48, "width": 64},
+              "cityscapes": {"per_city_train": 40, "per_city_val": 6, "per_city_test": 1, "height": 48,
+                             "width": 96}}
 
 
 def write_archives(dataset: str, raw_dir: Path, *, seed: int = 0, **size_options: int) -> list[Path]:
@@ -60,6 +71,18 @@ def class_colours(n: int = 256) -> np.ndarray:
     return (rgb * 255).astype(np.uint8)
 
 
+def dataset_colours(dataset: str) -> np.ndarray:
+    """(256, 3) uint8 painting colours of ``dataset``: :func:`class_colours`, except that the classes it
+    paints (``PAINTED``) get evenly spaced hues at full saturation."""
+    colours = class_colours().copy()
+    painted = PAINTED[dataset]
+    for k, cls in enumerate(painted):
+        h6 = 6 * k / len(painted)
+        channel = np.array([(5 + h6) % 6, (3 + h6) % 6, (1 + h6) % 6])
+        colours[cls] = (230 * (1 - 0.85 * np.clip(np.minimum(channel, 4 - channel), 0, 1))).astype(np.uint8)
+    return colours
+
+
 def textured_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """(h, w, 3) uint8 low-saturation grey texture: coarse blobs plus fine noise."""
     coarse = rng.uniform(70, 170, (h // 16 + 2, w // 16 + 2))
@@ -68,10 +91,10 @@ def textured_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(grey, 0, 255).astype(np.uint8)
 
 
-def paint(label: np.ndarray, background: np.ndarray, rng: np.random.Generator,
+def paint(label: np.ndarray, background: np.ndarray, rng: np.random.Generator, dataset: str,
           keep: np.ndarray | None = None) -> np.ndarray:
     """RGB image for ``label``: each class in its colour with noise; ``keep`` pixels stay background."""
-    colours = class_colours().astype(np.float64)
+    colours = dataset_colours(dataset).astype(np.float64)
     image = colours[label] + rng.normal(0, 6, label.shape + (3,))
     if keep is not None:
         image[keep] = background[keep]
@@ -229,8 +252,8 @@ def _write_voc(raw_dir: Path, rng: np.random.Generator, *, voc_train: int = 12, 
 
 
 def _voc_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    label = shapes_label(rng, h, w, np.arange(1, 21), fill=0, count=int(rng.integers(1, 4)))
-    return paint(label, textured_background(rng, h, w), rng, keep=label == 0), label
+    label = shapes_label(rng, h, w, np.array(PAINTED["voc"][1:]), fill=0, count=int(rng.integers(1, 4)))
+    return paint(label, textured_background(rng, h, w), rng, "voc", keep=label == 0), label
 
 
 def _sbd_mat(struct: str, label: np.ndarray) -> bytes:
@@ -284,12 +307,12 @@ def _ade_synonyms(name: str) -> str:
 
 def _ade_scene(rng: np.random.Generator, h: int, w: int, grey: bool) -> tuple[np.ndarray, np.ndarray]:
     """Raw ADE values: 1..150 classes (a learnable subset), 0 'other' on some patches; some images grey."""
-    label = shapes_label(rng, h, w, np.array([3, 5, 8, 10, 13, 16, 20, 23]), fill=1, count=int(rng.integers(2, 5)))
+    label = shapes_label(rng, h, w, np.array(PAINTED["ade20k"][2:]), fill=1, count=int(rng.integers(2, 5)))
     label[int(0.8 * h):] = 4  # a floor band, as indoor scenes have
     if rng.random() < 0.7:
         y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
         label[y:y + 8, x:x + 8] = 0  # 'other': not evaluated
-    image = paint(label, textured_background(rng, h, w), rng, keep=label == 0)
+    image = paint(label, textured_background(rng, h, w), rng, "ade20k", keep=label == 0)
     if grey:  # ADE20k has grayscale JPEGs among the colour ones
         image = np.asarray(Image.fromarray(image).convert("L"))
     return image, label
@@ -332,7 +355,7 @@ def cityscapes_polygons(rng: np.random.Generator, h: int, w: int, detail: int = 
     top = int(horizon * h)
     objects.append({"label": "road", "polygon": [[int(0.35 * w), top], [int(0.65 * w), top], [w, h], [0, h]]})
     objects.append(box("sidewalk", 0, 0.85, 0.2, 1))
-    for label in rng.choice(["car", "person", "pole", "traffic sign", "static"], size=3):
+    for label in rng.choice(["car", "car", "static"], size=3):
         x, y = rng.uniform(0.05, 0.8), rng.uniform(horizon - 0.1, 0.8)
         objects.append(box(str(label), x, y, x + rng.uniform(0.05, 0.15), y + rng.uniform(0.1, 0.2)))
     objects += [_jagged(rng, h, w, horizon) for _ in range(detail)]
@@ -361,7 +384,7 @@ def cityscapes_sample(rng: np.random.Generator, h: int, w: int, dummy: bool = Fa
     annotation = Annotation()
     annotation.fromJsonText(json.dumps(polygons))
     ids = np.asarray(createLabelImage(annotation, "ids"), np.uint8)  # the official rasteriser
-    image = paint(ids, textured_background(rng, h, w), rng)
+    image = paint(ids, textured_background(rng, h, w), rng, "cityscapes")
     if dummy:
         ids = np.zeros_like(ids)
         polygons["objects"] = []
