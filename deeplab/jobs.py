@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from deeplab import atomic, distributed, plots
+from deeplab import atomic, distributed, plots, serving
 from deeplab.config import CellConfig
 from deeplab.data.sources import IMAGENET_WEIGHTS
 from deeplab.datasets import DatasetError, manifest_hash, read_meta, read_split
@@ -24,6 +24,7 @@ from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, evaluate_split,
                               summarize)
 from deeplab.metrics import ConfusionMatrix
 from deeplab.model import load_trained
+from deeplab.predict import read_any_image
 from deeplab.precision import configure_backends, precision_name
 from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_key
 from deeplab.train import Interrupted, cell_lock, train
@@ -103,6 +104,7 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
     tracker = tracker_for(cfg, enabled=ctx.is_main)
     tracker.start(cfg.run_name, params=cfg.to_dict(),
                   tags={**run_tags(cfg), **{f"env.{k}": str(env.get(k)) for k in ENV_TAGS}})
+    tracker.monitor_system()
     try:
         final = train(cfg, prepared_dir=cfg.prepared_dir, files=files, ctx=ctx, max_iters=max_iters,
                       weights=weights, on_metrics=tracker.log_metrics, on_validate=validator(cfg, ctx, tracker))
@@ -136,8 +138,19 @@ def run_evaluation(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str
     mirror(tracker, doc, pictures)
     atomic.write_json(cfg.files.metrics, doc)
     tracker.log_artifact(cfg.files.metrics)
+    log_served_model(cfg, tracker)
     tracker.end("FINISHED")
     return doc
+
+
+def log_served_model(cfg: CellConfig, tracker: Tracker) -> None:
+    """The cell's model as an MLflow PyTorch model (deeplab.serving), on the CPU, with a val image as its
+    input example; the full preset's is registered too."""
+    cpu = torch.device("cpu")
+    model = serving.Segmenter(load_trained(cfg, Path(cfg.files.model), cpu), InputSpec.of(cfg, cpu))
+    first = read_split(cfg.prepared_dir, cfg.data.val_split)[0][0]
+    tracker.log_model(model, serving.input_example(read_any_image(first)),
+                      serving.registered_name(cfg))
 
 
 def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,

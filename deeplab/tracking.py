@@ -25,6 +25,9 @@ from deeplab import atomic
 from deeplab.paths import CellFiles
 # MLflow 3's UI files experiments without this tag under "GenAI / Evaluation runs"; these train models.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Seconds between system-metric samples (CPU, memory, disk, network; GPU utilisation and memory where pynvml
+# sees a GPU); MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
+SYSTEM_METRICS_INTERVAL_S = 10
 # An unreachable HTTP server blocks ~245 s with MLflow's default retries: fail fast instead.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -97,6 +100,7 @@ class Tracker:
         self.run_id: str | None = None
         self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow") if enabled else None
         self._started: Future | None = None
+        self._monitor: Any = None
 
     def _submit(self, what: str, fn: Any, *args: Any) -> Future | None:
         """Queue ``fn`` on the tracking thread; calls run in submission order."""
@@ -176,6 +180,38 @@ class Tracker:
         if self.run_id is not None:
             self.client.log_artifact(self.run_id, path, folder)
 
+    def monitor_system(self, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> None:
+        """Queued: log MLflow's system metrics (``system/...``) every ``interval_s`` until :meth:`end`."""
+        self._submit("start logging system metrics", self._monitor_system, interval_s)
+
+    def _monitor_system(self, interval_s: float) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+        self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=interval_s, resume_logging=True,
+                                             tracking_uri=self.uri)  # resumed jobs go on at the next step
+        self._monitor.start()
+
+    def log_model(self, model: Any, example: Any, registered_name: str | None = None) -> None:
+        """Queued: ``model`` (a deeplab.serving.Segmenter) as the run's MLflow PyTorch model, with its
+        signature and ``example``, registered under ``registered_name`` when given."""
+        self._submit("log the model", self._log_model, model, example, registered_name)
+
+    def _log_model(self, model: Any, example: Any, registered_name: str | None) -> None:
+        if self.run_id is None:
+            return
+        mlflow = _mlflow()
+        import mlflow.pytorch
+
+        import deeplab
+        from deeplab import serving
+        mlflow.set_tracking_uri(self.uri)  # the logged model is created through the fluent API's store...
+        mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)  # ...and experiment
+        mlflow.pytorch.log_model(model, name=serving.MODEL_NAME, run_id=self.run_id, signature=serving.signature(),
+                                 input_example=example, registered_model_name=registered_name,
+                                 serialization_format="pickle", pip_requirements=serving.requirements(),
+                                 code_paths=[str(Path(deeplab.__file__).parent)])
+
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED`` / ``FAILED`` / ``KILLED`` after everything queued, and wait for it."""
         if self._queue is None:
@@ -185,6 +221,8 @@ class Tracker:
         self._queue = None
 
     def _end(self, status: str) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()  # its last samples, before the run closes
         if self.run_id is None:
             return
         self.client.set_terminated(self.run_id, status=status)

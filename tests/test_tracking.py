@@ -12,6 +12,7 @@ import pytest
 
 import pipeline.evaluate
 import pipeline.init_tracking
+import pipeline.predict
 import pipeline.train
 from deeplab.tracking import Tracker, flatten
 from tests.train_fixtures import project  # noqa: F401  (fixture)
@@ -21,6 +22,7 @@ CELL = "voc-r50-os16"
 
 def test_train_and_evaluate_log_into_one_run(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a training job of seconds
     assert pipeline.init_tracking.main(["--preset", "smoke"]) == 0
     marker = json.loads((project / "results" / "smoke" / "mlflow.json").read_text())
     assert marker["uri"] == os.environ["MLFLOW_TRACKING_URI"] and marker["experiment"] == "deeplabv3plus-smoke"
@@ -39,6 +41,7 @@ def test_train_and_evaluate_log_into_one_run(project: Path, monkeypatch: pytest.
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert run.data.metrics["mIoU"] == pytest.approx(metrics["mIoU"])
     assert {"iou/class 0", "aAcc", "mAcc", "lr", "images_per_s"} <= set(run.data.metrics)
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(run.data.metrics)
     tags = run.data.tags
     assert (tags["cell"], tags["dataset"], tags["backbone"], tags["output_stride"], tags["preset"]) == \
         (CELL, "voc", "r50", "16", "smoke")
@@ -105,3 +108,68 @@ def test_a_store_failing_mid_run_warns_once_then_stays_quiet(tmp_path: Path) -> 
 def test_flatten_gives_string_params() -> None:
     assert flatten({"train": {"lr": 0.01, "crop": [512, 512]}, "x": None}) == \
         {"train.lr": "0.01", "train.crop": "[512, 512]", "x": "None"}
+
+
+def test_the_logged_model_predicts_as_pipeline_predict_does(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation logs the cell's model as an MLflow PyTorch model linked to the run, with a signature of
+    any image size and an input example; loading it back from the store (as a PyTorch model and as a pyfunc)
+    gives pipeline.predict's class map for an image of odd size. The smoke preset registers nothing."""
+    import numpy as np
+    from PIL import Image
+    monkeypatch.chdir(project)
+    assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    picture = np.random.default_rng(3).integers(0, 256, (37, 53, 3)).astype(np.uint8)
+    Image.fromarray(picture).save(project / "odd.png")
+    assert pipeline.predict.main(["--cell", CELL, "--preset", "smoke", "--out", "out", "odd.png"]) == 0
+    expected = np.asarray(Image.open(project / "out" / "odd.png")).astype(np.int64)
+
+    import mlflow
+    import mlflow.pytorch
+    from mlflow import MlflowClient
+    metrics = json.loads((project / "results" / "smoke" / CELL / "metrics.json").read_text())
+    run_id = metrics["provenance"]["mlflow_run_id"]
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    (output,) = run.outputs.model_outputs  # MLflow 3: the logged model is linked to the run
+    logged = client.get_logged_model(output.model_id)
+    assert logged.name == "model" and logged.source_run_id == run_id
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    info = mlflow.models.get_model_info(f"runs:/{run_id}/model")
+    assert tuple(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 3, -1, -1)
+    assert info.saved_input_example_info is not None
+    batch = picture.transpose(2, 0, 1)[None].astype(np.float32)
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    import torch
+    assert np.array_equal(model(torch.from_numpy(batch))[0].numpy(), expected)
+    assert np.array_equal(mlflow.pyfunc.load_model(f"runs:/{run_id}/model").predict(batch)[0], expected)
+    assert client.search_registered_models() == []
+
+
+def test_the_full_preset_registers_each_cell_model(tmp_path: Path) -> None:
+    """The full preset's logged models become versions of ``deeplabv3plus-<cell>`` in the model registry."""
+    import numpy as np
+    import torch
+    from mlflow import MlflowClient
+    from deeplab import serving
+    from deeplab.config import load_params
+    from deeplab.evaluate import InputSpec
+    from deeplab.model import deeplabv3plus
+    from tests.train_fixtures import ROOT
+    cfg = load_params(ROOT / "params").resolve(CELL, "full")
+    name = serving.registered_name(cfg)
+    assert name == f"deeplabv3plus-{CELL}" and serving.registered_name(load_params(ROOT / "params").resolve(CELL, "smoke")) is None
+    net = deeplabv3plus(backbone="r50", output_stride=16, num_classes=21, aspp_rates=(6, 12, 18), backbone_width=8,
+                        aspp_channels=8, decoder_channels=8, aux_channels=8)
+    model = serving.Segmenter(net, InputSpec.of(cfg, torch.device("cpu")))
+    tracker = Tracker(uri=os.environ["MLFLOW_TRACKING_URI"], experiment="registry", cell_dir=tmp_path / CELL,
+                      project_root=tmp_path)
+    (tmp_path / CELL).mkdir()
+    tracker.start(CELL)
+    tracker.log_model(model, serving.input_example(torch.zeros(3, 30, 100, dtype=torch.uint8)), name)
+    tracker.end()
+    (version,) = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).search_model_versions(f"name = '{name}'")
+    assert version.run_id == tracker.run_id and int(version.version) == 1
+    assert serving.input_example(torch.zeros(3, 30, 100, dtype=torch.uint8)).shape == (1, 3, 19, 64)
+    assert np.isfinite(serving.input_example(torch.zeros(3, 2, 2, dtype=torch.uint8))).all()
