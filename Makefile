@@ -15,6 +15,10 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(UV) pip install --python $(PY) -q --no-deps -e .
 	touch $@
 
+# `dvc plots show`'s page with Vega inlined, so it renders offline (.dvc/config names it; never committed)
+.dvc/plots_offline.html: $(VENV)/.installed
+	$(PY) -m pipeline.plots_template
+
 # After editing pyproject.toml's dependencies: resolve the whole environment again (Linux x86_64, Python 3.11;
 # existing pins are kept where they still satisfy pyproject.toml). Commit requirements.lock with the change.
 lock:
@@ -24,15 +28,15 @@ lock:
 
 # The main job on its embedded default: the whole DAG (3 datasets, 12 cells, 12 MLflow runs, the table)
 # on the smoke preset on CPU. Rerunning it redoes only what changed; its table is results/smoke/table.md.
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed .dvc/plots_offline.html
 	$(VENV)/bin/snakemake --cores all --config preset=smoke
 	@echo "Smoke table: results/smoke/table.md; MLflow: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed .dvc/plots_offline.html
 	$(PY) -m pytest
 
 # Day-to-day: everything but the tests marked slow (the DAG end to end, the learning check) or slurm; minutes.
-test-fast: $(VENV)/.installed
+test-fast: $(VENV)/.installed .dvc/plots_offline.html
 	$(PY) -m pytest -m "not slow and not slurm"
 
 # What the GPU at hand gives the recipe (a benchmark, not a test): training step, memory, auto-fit, loader,

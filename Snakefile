@@ -115,6 +115,8 @@ rule evaluate_cell:
         tracking=ancient(rules.init_tracking.output.store),
     output:  # the pictures go into `snakemake --report report.html`, one subcategory per run
         metrics=PATHS.run("{run}").metrics,
+        scores=PATHS.run("{run}").scores,
+        class_iou=PATHS.run("{run}").class_iou,
         **{name: report(PATHS.run("{run}").picture(name), category=caption, subcategory="{run}",
                         labels={"run": "{run}", "figure": caption})
            for name, caption in (("iou_per_class", "per-class IoU"), ("learning_curves", "learning curves"),
@@ -132,6 +134,7 @@ rule make_table:
     output:  # the full preset also rewrites README.md's results block
         table=report(PATHS.table(), category="results table", labels={"file": "table.md"}),
         summary=report(PATHS.summary(), category="results table", labels={"file": "summary.csv"}),
+        seeds=[PATHS.seeds_summary(cell) for cell in CELLS if len(PARAMS.seeds(cell, PRESET)) > 1],
         per_class=PATHS.per_class_iou(),
     log: PATHS.log("make_table")
     shell: "{PY} -m pipeline.table {STAGE_ARGS} > {log} 2>&1"

@@ -12,11 +12,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import pandas as pd
 import torch
 import yaml
 
 from deeplab import atomic, distributed, plots, serving
 from deeplab.config import CellConfig
+from deeplab.paths import CellFiles
 from deeplab.data.sources import IMAGENET_WEIGHTS
 from deeplab.datasets import DatasetError, manifest_hash, read_meta, read_split
 from deeplab.environment import describe, freeze
@@ -136,11 +138,21 @@ def run_evaluation(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str
         tracker.end("FAILED")
         raise
     mirror(tracker, doc, pictures)
+    write_dvc_views(cfg.files, doc)
     atomic.write_json(cfg.files.metrics, doc)
     tracker.log_artifact(cfg.files.metrics)
     log_served_model(cfg, tracker)
     tracker.end("FINISHED")
     return doc
+
+
+def write_dvc_views(files: CellFiles, doc: dict[str, Any]) -> None:
+    """What DVC shows of a run: scores.json (headline numbers only, for ``dvc metrics show``) and
+    class_iou.csv (the classes present in the split, for ``dvc plots show``'s bar chart)."""
+    atomic.write_json(files.scores, {**{k: doc[k] for k in ("mIoU", "aAcc", "mAcc")},
+                                     **{f"mIoU_{name}": extra["mIoU"] for name, extra in doc["extra"].items()}})
+    rows = [(name, iou) for name, iou in doc["per_class_iou"].items() if iou is not None]
+    atomic.write_text(files.class_iou, pd.DataFrame(rows, columns=["class", "IoU"]).to_csv(index=False))
 
 
 def log_served_model(cfg: CellConfig, tracker: Tracker) -> None:

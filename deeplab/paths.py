@@ -12,6 +12,7 @@ Layout, relative to the project root::
     <data_dir>/prepared/<dataset>/       splits/, labels, meta.json (written last)
     <results_dir>/<cell>/                one cell (its default seed): see CellFiles
     <results_dir>/<cell>/seed<k>/        a further seed k of the cell, the same files
+    <results_dir>/<cell>/seeds.json      a cell trained with several seeds: their number, mean and std
     <results_dir>/table.md, summary.csv, per_class_iou.csv, memory_plan.json, mlflow.json
     logs/<preset>/<rule>/...             Snakemake's per-job logs
 """
@@ -52,6 +53,16 @@ class CellFiles:
         return f"{self.dir}/metrics.json"
 
     @property
+    def scores(self) -> str:
+        """The headline numbers alone (mIoU, aAcc, mAcc, the extra protocols' mIoU): DVC's metrics file."""
+        return f"{self.dir}/scores.json"
+
+    @property
+    def class_iou(self) -> str:
+        """One CSV row per class present in the val split (class, IoU): DVC's per-class bar chart."""
+        return f"{self.dir}/class_iou.csv"
+
+    @property
     def environment(self) -> str:
         """Where the training ran (deeplab.environment), one entry per machine that trained the run."""
         return f"{self.dir}/environment.json"
@@ -74,6 +85,8 @@ class CellFiles:
 
 
 PICTURES = ("iou_per_class", "learning_curves", "predictions")
+# The offline page template of `dvc plots show` (pipeline.plots_template), named in .dvc/config relative to .dvc/
+DVC_PLOTS_TEMPLATE = ".dvc/plots_offline.html"
 
 
 def run_key(cell_id: str, seed: int | None = None) -> str:
@@ -131,6 +144,11 @@ class Paths:
     def summary(self) -> str:
         """One CSV row per cell: mIoU, aAcc, mAcc, reference, difference, seeds, GPU-hours."""
         return f"{self.results_dir}/summary.csv"
+
+    def seeds_summary(self, cell_id: str) -> str:
+        """A cell trained with several seeds: their number and the mean (and std) of its headline numbers,
+        written by the table stage beside the default seed's files (a DVC metrics file)."""
+        return f"{self.results_dir}/{cell_id}/seeds.json"
 
     def per_class_iou(self) -> str:
         """One CSV row per (cell, class): the per-class IoU behind each mIoU."""

@@ -110,6 +110,15 @@ def cell_frame(params: Params, preset: str, metrics: Metrics, root: Path = Path(
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
+def seeds_json(row: Any) -> str:
+    """A :func:`cell_frame` row of a cell with several seeds as the JSON of its seeds.json."""
+    measured = row.seeds > 0
+    doc = {"seeds": int(row.seeds), **{f"{key}_mean": round(getattr(row, key), 4) if measured else None
+                                          for key in ("mIoU", "aAcc", "mAcc")},
+           "mIoU_std": round(row.mIoU_std, 4) if row.seeds > 1 else None}
+    return json.dumps(doc, indent=2) + "\n"
+
+
 def to_csv(frame: pd.DataFrame) -> str:
     """CSV text of a frame: numbers with 4 decimals, empty fields where nothing was measured."""
     return frame.to_csv(index=False, float_format="%.4f", lineterminator="\n")

@@ -49,6 +49,12 @@ def table_inputs(params: Params, preset: str) -> list[str]:
     return [f"${{results}}{run.files.metrics.removeprefix(results)}" for run in params.runs(preset)]
 
 
+def seeds_summaries(params: Params, preset: str) -> list[str]:
+    """The seeds.json of each cell trained with several seeds (the table stage's metrics)."""
+    paths = params.preset(preset).paths
+    return [paths.seeds_summary(cell) for cell in params.cells if len(params.seeds(cell, preset)) > 1]
+
+
 def generated(doc: dict[str, Any], params: Params, preset: str) -> str:
     """The text of ``<preset>/dvc.yaml``."""
     stages = {name: ({**body, "do": {"wdir": "..", **body["do"]}} if "do" in body else {"wdir": "..", **body})
@@ -56,6 +62,12 @@ def generated(doc: dict[str, Any], params: Params, preset: str) -> str:
     table = stages["make_table"]
     code = [dep for dep in table["deps"] if not str(dep).endswith("/metrics.json")]
     table["deps"] = table_inputs(params, preset) + code
+    results = params.preset(preset).results_dir
+    summaries = [{f"${{results}}{path.removeprefix(results)}": {"cache": False}}
+                 for path in seeds_summaries(params, preset)]
+    table.pop("metrics", None)
+    if summaries:
+        table["metrics"] = summaries
     text = yaml.safe_dump({"vars": [variables(params, preset)], "stages": stages}, sort_keys=False, width=110)
     return HEADER.format(name=preset) + text
 
@@ -71,9 +83,10 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
         "init_tracking": lambda: {paths.tracking_marker()},
         "train_cell": lambda: {paths.prepared_dir(item["dataset"]), paths.weights_manifest(item["backbone"]),
                                files.model, files.config, files.train_log},
-        "evaluate_cell": lambda: {files.model, paths.prepared_dir(item["dataset"]), files.metrics},
+        "evaluate_cell": lambda: {files.model, paths.prepared_dir(item["dataset"]), files.metrics, files.scores,
+                                  files.class_iou},
         "make_table": lambda: {run.files.metrics for run in params.runs(preset)}
-        | {paths.table(), paths.summary(), paths.per_class_iou()},
+        | {paths.table(), paths.summary(), paths.per_class_iou()} | set(seeds_summaries(params, preset)),
     }[stage_name]()
 
 

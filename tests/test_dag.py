@@ -101,8 +101,10 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
             log = next(o for o in stage.outs if o.def_path.endswith("train_log.csv"))
             assert log.plot and log.persist and not log.use_cache  # kept for a resumed run, in git
         if name.startswith("evaluate_cell@"):
-            (metrics,) = stage.outs
-            assert metrics.def_path == f"results/{cell}/metrics.json" and metrics.metric
+            kinds = {o.def_path: (bool(o.metric), bool(o.plot), o.use_cache) for o in stage.outs}
+            assert kinds == {f"results/{cell}/metrics.json": (False, False, False),  # the record, in git
+                             f"results/{cell}/scores.json": (True, False, False),    # DVC's metrics: 3 numbers
+                             f"results/{cell}/class_iou.csv": (False, True, False)}, kinds
     assert len([d for d in full["make_table"].deps if d.def_path.endswith("metrics.json")]) == 12
     for stage in stages.values():  # every code dependency exists; a renamed module must be renamed here too
         for dep in stage.deps:
@@ -123,9 +125,13 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
         assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke"), name
     assert set(smoke) == set(full) | {"train_cell@voc-r50-os16-seed1", "evaluate_cell@voc-r50-os16-seed1"}
-    assert {o.def_path for o in smoke["evaluate_cell@voc-r50-os8"].outs} == {paths.cell("voc-r50-os8").metrics}
+    files = paths.cell("voc-r50-os8")
+    assert {o.def_path for o in smoke["evaluate_cell@voc-r50-os8"].outs} == {files.metrics, files.scores, files.class_iou}
+    files = paths.cell("voc-r50-os16", 1)
     assert {o.def_path for o in smoke["evaluate_cell@voc-r50-os16-seed1"].outs} == \
-        {paths.cell("voc-r50-os16", 1).metrics}
+        {files.metrics, files.scores, files.class_iou}
+    seeds = [o for o in smoke["make_table"].outs if o.metric]  # the cell with two seeds: their summary
+    assert [o.def_path for o in seeds] == [paths.seeds_summary("voc-r50-os16")]
     assert "--cell voc-r50-os16 --seed 1 --preset smoke" in smoke["train_cell@voc-r50-os16-seed1"].cmd
     check = [sys.executable, "-m", "pipeline.dvc_presets", "--check"]
     assert subprocess.run(check, cwd=checkout, capture_output=True, env=_env()).returncode == 0
@@ -136,10 +142,10 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=checkout, check=True, env=_env())
     pipeline = checkout / "dvc.yaml"
     original = pipeline.read_text()
-    pipeline.write_text(original.replace("/metrics.json:", "/scores.json:", 1))
+    pipeline.write_text(original.replace("/metrics.json:", "/metric.json:", 1))
     wrong = subprocess.run(check, cwd=checkout, capture_output=True, text=True, env=_env())
     pipeline.write_text(original)
-    assert wrong.returncode == 1 and "stage evaluate_cell" in wrong.stderr and "scores.json" in wrong.stderr
+    assert wrong.returncode == 1 and "stage evaluate_cell" in wrong.stderr and "metric.json" in wrong.stderr
 
 
 def _env() -> dict[str, str]:

@@ -67,6 +67,10 @@ def _check_outcome(checkout: Path, uri: str) -> None:
         assert f"{mean:.2f}" in table
         assert float(summary[cell]["mIoU"]) == pytest.approx(mean, abs=1e-4)
         assert summary[cell]["seeds"] == str(len(seeds)) and float(summary[cell]["gpu_hours"]) > 0
+    # the demo learns: every cell and the 12-cell mean at least what README.md tells a new user to expect
+    floor, mean_floor = demo_expectations()
+    mious = {cell: float(summary[cell]["mIoU"]) for cell in CELLS}
+    assert min(mious.values()) >= floor and sum(mious.values()) / len(mious) >= mean_floor, mious
     # the full preset's data, results and README tables are untouched
     assert not (checkout / "data" / "raw").exists() and not (checkout / "data" / "prepared").exists()
     assert not any((checkout / "results" / cell).exists() for cell in CELLS)
@@ -74,6 +78,14 @@ def _check_outcome(checkout: Path, uri: str) -> None:
                               "results/summary.csv", "results/per_class_iou.csv"], cwd=checkout,
                              capture_output=True, text=True, check=True).stdout
     assert changed == "", changed
+
+
+def demo_expectations() -> tuple[float, float]:
+    """(each cell's floor, the mean's floor) of the smoke mIoU, as README.md states them."""
+    found = re.search(r"every cell reaches at least \*\*(\d+)% mIoU\*\* and the 12 cells a mean of at least "
+                      r"\*\*(\d+)%\*\*", (ROOT / "README.md").read_text().replace("\n", " "))
+    assert found, "README.md no longer states what the demo's numbers should be"
+    return float(found[1]), float(found[2])
 
 
 def test_snakemake_runs_the_smoke_dag(snakemake_run: tuple[Path, str]) -> None:
@@ -117,10 +129,19 @@ def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_p
     checkout, uri = dvc_run
     shown = json.loads(run_tool(["dvc", "metrics", "show", "--json"], checkout, timeout=300).stdout)
     found = {path: source.get("data") for rev in shown.values() for path, source in rev.get("data", {}).items()}
-    for cell in CELLS:  # (the full preset's metrics are declared too, and absent here)
-        assert "mIoU" in (found.get(f"results/smoke/{cell}/metrics.json") or {}), (cell, sorted(found))
+    paths = PARAMS.preset("smoke").paths
+    for run in RUNS:  # the headline numbers only (the full preset's files are declared too, and absent here)
+        assert set(found.get(run.files.scores) or {}) == {"mIoU", "aAcc", "mAcc"}, \
+            (run.run_key, sorted(found))
+    seeds = found[paths.seeds_summary("voc-r50-os16")]  # the one cell with two seeds: their mean and spread
+    assert seeds["seeds"] == 2 and set(seeds) == {"seeds", "mIoU_mean", "aAcc_mean", "mAcc_mean", "mIoU_std"}
+    assert {path for path in found if path.startswith(f"{paths.results_dir}/")} == \
+        {run.files.scores for run in RUNS} | {paths.seeds_summary("voc-r50-os16")}  # no per-class columns
+    run_tool(["python", "-m", "pipeline.plots_template"], checkout, timeout=120)  # as make does after installing
     run_tool(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], checkout, timeout=300)
-    assert (tmp_path / "plots" / "index.html").is_file()
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=", page) and "window.vegaEmbed" in page  # renders offline
+    assert "cityscapes-r101-os16 seed 0, val IoU per class" in page
     # a reference mIoU is read only by the table stage: the experiment reruns just that stage
     run_tool(["dvc", "exp", "run", "smoke/dvc.yaml", "-S", "params/cells.yaml:cells.voc-r50-os8.reference_miou=70.0"],
              checkout, timeout=600, MLFLOW_TRACKING_URI=uri)

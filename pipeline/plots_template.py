@@ -1,0 +1,74 @@
+"""Tool: the HTML template ``dvc plots show`` renders with, so that its page works offline.
+
+    python -m pipeline.plots_template [--check]
+
+DVC's default page loads Vega, Vega-Lite and Vega-Embed from a CDN, so without a network it shows nothing.
+This writes a template with those libraries inlined, taken from the installed vl-convert-python (which
+bundles them), to the file ``.dvc/config`` names (``[plots] html_template``); ``make`` runs it after
+installing. The file is generated, never committed: it is some 900 kB of third-party JavaScript.
+``--check`` writes nothing and exits 1 when the file is missing or differs.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from deeplab import atomic
+from deeplab.errors import PipelineError
+from deeplab.paths import DVC_PLOTS_TEMPLATE
+from pipeline import stage
+
+PAGE = """<!DOCTYPE html>
+<html>
+<head>
+    {refresh_tag}
+    <meta charset="utf-8">
+    <title>DVC plots</title>
+    <script type="text/javascript">
+(function () {
+%BUNDLE%
+})();
+    </script>
+    <style>body { font-family: sans-serif; } table { border-spacing: 15px; }</style>
+</head>
+<body>
+    {plot_divs}
+</body>
+</html>
+"""  # {refresh_tag} and {plot_divs} are DVC's placeholders; {scripts}, its CDN tags, is left out
+
+
+class StaleTemplate(PipelineError):
+    exit_code = 1
+
+
+def render() -> str:
+    """The page, the libraries inlined in a function scope (their top-level names stay out of the page's
+    globals; the bundle itself sets window.vegaEmbed, vega and vegaLite, which DVC's plot divs call)."""
+    import vl_convert
+    bundle = vl_convert.javascript_bundle()
+    if "</script" in bundle or any(f"{{{name}}}" in bundle for name in ("plot_divs", "scripts", "refresh_tag")):
+        raise PipelineError("vl-convert's JavaScript bundle contains '</script' or a DVC placeholder, so it cannot "
+                            "be inlined as it is; pin vl-convert-python to the release in requirements.lock")
+    return PAGE.replace("%BUNDLE%", bundle)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.plots_template", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is out of date")
+    args = parser.parse_args(argv)
+
+    def work() -> None:
+        path, text = Path(DVC_PLOTS_TEMPLATE), render()
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                raise StaleTemplate(f"{path}: missing or out of date; run python -m pipeline.plots_template")
+            print(f"pipeline.plots_template: {path} up to date")
+            return
+        atomic.write_text(path, text)
+        print(f"pipeline.plots_template: wrote {path} ({len(text) // 1024} kB)")
+    return stage.run("plots_template", work)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
