@@ -19,13 +19,14 @@ def valid_pixels(labels: torch.Tensor) -> torch.Tensor:
     return (labels != IGNORE_INDEX).flatten(1).sum(1)
 
 
-def image_weights(group_valid: torch.Tensor, groups: torch.Tensor, world: int) -> torch.Tensor:
+def image_weights(group_valid: torch.Tensor, groups: torch.Tensor, world: int,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Per-image loss weights: ``world / (G * valid pixels of the image's group)``.
 
     ``group_valid`` (G,) counts each reference group's valid pixels over the whole global batch (summed
     over ranks), ``groups`` (N,) the group of each of this rank's images. DDP averages the ``world`` ranks'
     gradients, hence the factor ``world``; a group without valid pixels contributes nothing."""
-    return world / (len(group_valid) * group_valid.clamp(min=1).float()[groups])
+    return world / (len(group_valid) * group_valid.clamp(min=1).to(dtype)[groups])
 
 
 def criterion(outputs: dict[str, torch.Tensor], labels: torch.Tensor, *, aux_weight: float,
@@ -36,11 +37,13 @@ def criterion(outputs: dict[str, torch.Tensor], labels: torch.Tensor, *, aux_wei
     ignored. Each term is ``sum_i weights[i] * (cross-entropy summed over image i's pixels)``; by default
     every image weighs 1 / (the batch's valid pixels): the plain valid-pixel mean of the batch."""
     labels = labels.long()
+    dtype = torch.float64 if outputs["out"].dtype == torch.float64 else torch.float32  # fp16/bf16 -> fp32
     if weights is None:
-        weights = (1 / valid_pixels(labels).sum().clamp(min=1).float()).expand(len(labels))
+        weights = (1 / valid_pixels(labels).sum().clamp(min=1).to(dtype)).expand(len(labels))
 
     def term(logits: torch.Tensor) -> torch.Tensor:
-        per_pixel = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        logits = logits.to(dtype)
+        per_pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
         return (per_pixel.flatten(1).sum(1) * weights).sum()
     terms = {"main": term(outputs["out"])}
     terms["aux"] = term(outputs["aux"]) if "aux" in outputs else torch.zeros_like(terms["main"])
