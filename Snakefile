@@ -30,9 +30,10 @@ wildcard_constraints:
     dataset="|".join(DATASETS),
     backbone="|".join(BACKBONES),
     run="|".join(map(re.escape, RUNS)),
+    cell="|".join(map(re.escape, CELLS)),
 
 # Small, network-bound or bookkeeping jobs stay on the submitting host under a cluster executor.
-localrules: all, download_dataset, download_weights, init_tracking, make_table
+localrules: all, download_dataset, download_weights, init_tracking, make_table, reference_table
 
 
 def weights_for(wildcards):
@@ -138,3 +139,26 @@ rule make_table:
         per_class=PATHS.per_class_iou(),
     log: PATHS.log("make_table")
     shell: "{PY} -m pipeline.table {STAGE_ARGS} > {log} 2>&1"
+
+
+# The reference's released weights through our evaluation (needs the network and the prepared data, not the
+# training rules): `snakemake --cores all results/reference.md --forcerun reference_table`; the --forcerun
+# replaces the workflow profile's (make_table), which would pull the whole training DAG in.
+rule reference_eval:
+    input:
+        meta=lambda w: PATHS.prepared_meta(CELLS[w.cell].dataset),
+        tracking=ancient(rules.init_tracking.output.store),
+    output:
+        metrics=PATHS.reference_run("{cell}").metrics,
+        log=PATHS.reference_run("{cell}").reference_log,
+    log: PATHS.log("reference_eval", "{cell}")
+    resources: gpu=1, mem_mb=16000, runtime=2 * 60
+    shell:
+        "{PY} -m pipeline.gpu_slot --gpus 1 -m pipeline.reference_eval --cell {wildcards.cell} {STAGE_ARGS} > {log} 2>&1"
+
+
+rule reference_table:
+    input: [PATHS.reference_run(cell).metrics for cell in CELLS]
+    output: PATHS.reference_table()
+    log: PATHS.log("reference_table")
+    shell: "{PY} -m pipeline.reference_eval --table {STAGE_ARGS} > {log} 2>&1"

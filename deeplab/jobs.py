@@ -16,8 +16,8 @@ import pandas as pd
 import torch
 import yaml
 
-from deeplab import atomic, distributed, plots, serving
-from deeplab.config import CellConfig
+from deeplab import atomic, distributed, plots, reference, serving
+from deeplab.config import CellConfig, Params
 from deeplab.paths import CellFiles
 from deeplab.data.sources import IMAGENET_WEIGHTS
 from deeplab.datasets import DatasetError, manifest_hash, read_meta, read_split
@@ -25,7 +25,7 @@ from deeplab.environment import describe, freeze
 from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, evaluate_split, multi_scale, sliding_window,
                               summarize)
 from deeplab.metrics import ConfusionMatrix
-from deeplab.model import load_trained
+from deeplab.model import build_model, load_trained
 from deeplab.predict import read_any_image
 from deeplab.precision import configure_backends, precision_name
 from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_key
@@ -221,3 +221,66 @@ def mirror(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -> None:
     tracker.log_metrics(metrics)
     for picture in pictures:
         tracker.log_artifact(picture, "pictures")
+
+
+# ------------------------------------------------------------------------------------ the reference's weights
+def reference_config(params: Params, cell_id: str, preset: str) -> CellConfig:
+    """The cell on ``preset``'s data, under the recipe's own model (the reference's architecture, whatever
+    the preset thins) and the reference's evaluation numerics (fp32, TF32 off)."""
+    import dataclasses
+    cfg = params.resolve(cell_id, preset)
+    return dataclasses.replace(cfg, model=params.model, train=dataclasses.replace(cfg.train, precision="fp32"))
+
+
+def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict[str, Any]:
+    """Download the reference's checkpoint (and training log) of the cell, evaluate the weights with our
+    evaluation (single scale and multi-scale + flip), write the reference run's metrics.json, pictures and
+    parsed log, and mirror them to an MLflow run tagged as a reference evaluation."""
+    paths = cfg.preset.paths
+    files = paths.reference_run(cfg.cell.id)
+    Path(files.dir).mkdir(parents=True, exist_ok=True)
+    checkpoint = reference.fetch_asset(cfg.cell, "pth", Path(paths.reference_dir()), source)
+    log = reference.fetch_asset(cfg.cell, "log", Path(paths.reference_dir()), source)
+    rows = reference.parse_log(log)
+    atomic.write_text(files.reference_log, reference.log_csv(rows))
+    state = reference.load_checkpoint(checkpoint)
+    started = time.perf_counter()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_model(cfg, device)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise reference.ReferenceAssetError(f"{checkpoint}: its weights do not fit cell {cfg.cell.id} (e.g. another "
+                                            f"number of classes): {str(error).splitlines()[0]}") from None
+    spec = InputSpec.of(cfg, device)
+    configure_backends(spec.dtype, benchmark=cfg.data.eval_scale is None)
+    meta = read_meta(cfg.prepared_dir)
+    chosen = [SINGLE_SCALE, multi_scale(cfg.evaluate)]
+    tracker = Tracker(uri=default_tracking_uri(Path.cwd()), experiment=cfg.preset.experiment, cell_dir=files.dir,
+                      project_root=Path.cwd())
+    tracker.start(f"reference {cfg.cell.id}", params={"checkpoint": checkpoint.name},
+                  tags={**run_tags(cfg), "kind": "reference_evaluation"})
+    try:
+        scored = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
+                                spec=spec, protocols=chosen, device=device,
+                                workers=min(cfg.train.workers, cfg.evaluate.max_workers), keep_samples=GRID_SAMPLES)
+        results = {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}
+        title = f"reference weights, {cfg.cell.id} ({cfg.preset.name})"
+        pictures = [plots.iou_bars(results[SINGLE_SCALE.name]["per_class_iou"], files.picture("iou_per_class"),
+                                   f"{title}: val IoU"),
+                    plots.prediction_grid(scored.samples, meta["palette"], files.picture("predictions"), title)]
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
+                           precision_name(spec.dtype))
+    doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
+    doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
+    mirror(tracker, doc, pictures)
+    for row in rows:  # its training curve, at its own iterations
+        tracker.log_metrics(reference.row_metrics(row), row.iteration)
+    atomic.write_json(files.metrics, doc)
+    tracker.log_artifact(files.metrics)
+    tracker.log_artifact(files.reference_log)
+    tracker.end("FINISHED")
+    return doc

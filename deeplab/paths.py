@@ -9,10 +9,13 @@ Layout, relative to the project root::
 
     <data_dir>/raw/<dataset>/            the official archives and manifest.json (what was fetched, sha256)
     <data_dir>/raw/weights/              ImageNet checkpoints and manifest-<backbone>.json
+    <data_dir>/raw/reference/            the reference's released checkpoints and logs, pins.json
     <data_dir>/prepared/<dataset>/       splits/, labels, meta.json (written last)
     <results_dir>/<cell>/                one cell (its default seed): see CellFiles
     <results_dir>/<cell>/seed<k>/        a further seed k of the cell, the same files
     <results_dir>/<cell>/seeds.json      a cell trained with several seeds: their number, mean and std
+    <results_dir>/reference/<cell>/      our evaluation of the reference's weights (CellFiles), its log parsed
+    <results_dir>/reference.md           the reference's published mIoU against our evaluation of its weights
     <results_dir>/table.md, summary.csv, per_class_iou.csv, memory_plan.json, mlflow.json
     logs/<preset>/<rule>/...             Snakemake's per-job logs
 """
@@ -61,6 +64,11 @@ class CellFiles:
     def class_iou(self) -> str:
         """One CSV row per class present in the val split (class, IoU): DVC's per-class bar chart."""
         return f"{self.dir}/class_iou.csv"
+
+    @property
+    def reference_log(self) -> str:
+        """The reference's training log of this cell, parsed: one CSV row per logged iteration."""
+        return f"{self.dir}/reference_log.csv"
 
     @property
     def environment(self) -> str:
@@ -128,6 +136,19 @@ class Paths:
     def cell(self, cell_id: str, seed: int | None = None) -> CellFiles:
         """One cell's files; a further seed of the cell (not its default) has a folder of its own inside."""
         return self.run(run_key(cell_id, seed))
+
+    def reference_dir(self) -> str:
+        """The reference's released checkpoints and training logs as downloaded, with their pins.json."""
+        return f"{self.data_dir}/raw/reference"
+
+    def reference_run(self, cell_id: str) -> CellFiles:
+        """Our evaluation of the reference's weights for ``cell_id`` (metrics.json, pictures, MLflow run id)
+        and its training log parsed (``reference_log``)."""
+        return CellFiles(f"{self.results_dir}/reference/{cell_id}")
+
+    def reference_table(self) -> str:
+        """The reference's published mIoU, our evaluation of its weights, and the difference, per cell."""
+        return f"{self.results_dir}/reference.md"
 
     def run(self, key: str) -> CellFiles:
         """The files of the training run ``key`` (see :func:`run_key`)."""

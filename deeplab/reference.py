@@ -66,6 +66,11 @@ def fetch_asset(cell: Cell, kind: str, dest_dir: Path, source: str | None = None
     return path
 
 
+def pin(dest_dir: Path, name: str) -> dict[str, Any]:
+    """The recorded size and sha256 of a downloaded asset."""
+    return json.loads((dest_dir / PINS).read_text())[name]
+
+
 # -------------------------------------------------------------------------------------------- checkpoints
 def _separable(ref: str, ours: str) -> list[tuple[str, str]]:
     """Its DepthwiseSeparableConv2d (named parts) against our SeparableConv (two conv-BN-ReLU blocks)."""
@@ -150,6 +155,42 @@ class LogRow:
     @property
     def iteration(self) -> int:
         return int(self.values["cur_iter"])
+
+
+CSV_FIELDS = ("iteration", "max_iters", "learning_rate", "loss_cls", "loss_aux", "loss_total", "seconds_per_iter",
+              "max_gpu_alloc_GB")
+
+
+def log_csv(rows: list[LogRow]) -> str:
+    """The parsed log as CSV (deeplab.paths' ``reference_log``); seconds per iteration from the timestamps
+    (empty for the first row), the memory column empty where the log has none."""
+    from datetime import datetime
+    lines = [",".join(CSV_FIELDS)]
+    previous: LogRow | None = None
+    for row in rows:
+        seconds = ""
+        if previous is not None:
+            elapsed = (datetime.fromisoformat(row.time) - datetime.fromisoformat(previous.time)).total_seconds()
+            seconds = f"{elapsed / (row.iteration - previous.iteration):.6g}"
+        v = row.values
+        lines.append(",".join([str(row.iteration), str(v["max_iters"]), repr(float(v["learning_rate"])),
+                               repr(float(v["loss_cls"])), repr(float(v["loss_aux"])), repr(float(v["loss_total"])),
+                               seconds, str(v.get("max_gpu_alloc_GB", ""))]))
+        previous = row
+    return "\n".join(lines) + "\n"
+
+
+def read_log_csv(path: Path) -> list[dict[str, str]]:
+    """The rows :func:`log_csv` wrote."""
+    import csv
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def row_metrics(row: LogRow) -> dict[str, float]:
+    """A log row as MLflow metrics: ``reference/learning_rate``, ``reference/loss_total``, ..."""
+    return {f"reference/{key}": float(row.values[key]) for key in LOG_KEYS[2:] + ("max_gpu_alloc_GB",)
+            if isinstance(row.values.get(key), (int, float))}
 
 
 def parse_log(path: Path) -> list[LogRow]:

@@ -35,12 +35,15 @@ class PipelineMismatch(PipelineError):
 
 
 def variables(params: Params, preset: str) -> dict[str, Any]:
-    """The ``vars`` of a preset's DVC pipeline: its name and folders, and its training runs by stage name."""
+    """The ``vars`` of a preset's DVC pipeline: its name and folders, its training runs by stage name, and
+    its cells (the reference's weights are evaluated once per cell)."""
     chosen = params.preset(preset)
     runs = {run.run_key.replace("/", "-"): {"cell": run.cell.id, "seed": run.train.seed,
                                             "dataset": run.cell.dataset, "backbone": run.cell.backbone,
                                             "dir": run.files.dir} for run in params.runs(preset)}
-    return {"preset": chosen.name, "data": chosen.data_dir, "results": chosen.results_dir, "runs": runs}
+    cells = {cell_id: {"cell": cell_id, "dataset": cell.dataset} for cell_id, cell in params.cells.items()}
+    return {"preset": chosen.name, "data": chosen.data_dir, "results": chosen.results_dir, "runs": runs,
+            "cells": cells}
 
 
 def table_inputs(params: Params, preset: str) -> list[str]:
@@ -75,7 +78,7 @@ def generated(doc: dict[str, Any], params: Params, preset: str) -> str:
 def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, Any]) -> set[str]:
     """The data files and folders a stage reads and writes, as deeplab.paths names them."""
     paths = params.preset(preset).paths
-    files = params.resolve(item["cell"], preset, item["seed"]).files if "cell" in item else None
+    files = params.resolve(item["cell"], preset, item["seed"]).files if "seed" in item else None
     return {
         "download_dataset": lambda: {paths.raw_dir(item["dataset"])},
         "download_weights": lambda: {paths.weights_manifest(item["backbone"])},
@@ -87,6 +90,10 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
                                   files.class_iou},
         "make_table": lambda: {run.files.metrics for run in params.runs(preset)}
         | {paths.table(), paths.summary(), paths.per_class_iou()} | set(seeds_summaries(params, preset)),
+        "reference_eval": lambda: {paths.prepared_dir(item["dataset"]), paths.reference_run(item["cell"]).metrics,
+                                   paths.reference_run(item["cell"]).reference_log},
+        "reference_table": lambda: {paths.reference_run(cell).metrics for cell in params.cells}
+        | {paths.reference_table()},
     }[stage_name]()
 
 

@@ -56,6 +56,15 @@ def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checko
                       "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
 
 
+def test_the_reference_table_needs_the_data_but_no_training(checkout: Path) -> None:
+    out = _dry_run(checkout, "results/reference.md", "--forcerun", "reference_table")  # (not the profile's make_table)
+    counts = Counter(re.findall(r"(?m)^(?:local)?rule (\w+):", out))
+    assert counts == {"download_dataset": 3, "prepare_dataset": 3, "init_tracking": 1, "reference_eval": 12,
+                      "reference_table": 1}, counts
+    (block,) = [b for b in _job_blocks(out, "reference_eval") if "cell=ade20k-r101-os8" in b]
+    assert "-m pipeline.reference_eval --cell ade20k-r101-os8 --preset full" in block
+
+
 def test_smoke_dry_run_stays_inside_the_smoke_folders(checkout: Path) -> None:
     out = _dry_run(checkout, "results/smoke/table.md", "--config", "preset=smoke")
     runs = {re.search(r"wildcards: run=(\S+)", b).group(1) for b in _job_blocks(out, "train_cell")}  # type: ignore[union-attr]
@@ -87,7 +96,8 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
     full = {name: s for name, s in stages.items() if not name.startswith("smoke/")}
     counts = Counter(name.split("@")[0] for name in full)
     assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "init_tracking": 1,
-                      "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
+                      "train_cell": 12, "evaluate_cell": 12, "make_table": 1, "reference_eval": 12,
+                      "reference_table": 1}
     for name, stage in full.items():
         if name.startswith(("train_cell@", "evaluate_cell@")):
             cell = name.split("@")[1]
