@@ -6,8 +6,10 @@ the pictures and, last, ``metrics.json``. MLflow mirrors them in one run per cel
 """
 from __future__ import annotations
 
+import csv
 import json
 import sys
+import warnings
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +30,7 @@ from deeplab.metrics import ConfusionMatrix
 from deeplab.model import build_model, load_trained
 from deeplab.predict import read_any_image
 from deeplab.precision import configure_backends, precision_name
+from deeplab.schedule import poly_lr
 from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_key
 from deeplab.train import Interrupted, cell_lock, train
 
@@ -97,6 +100,7 @@ def run_training(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
 def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
     files = cfg.files
     max_iters = cfg.max_iters(len(read_split(cfg.prepared_dir, cfg.data.train_split)))
+    reference_schedule(cfg, max_iters)  # before any GPU time is spent
     weights = backbone_weights(cfg)
     env: dict[str, Any] = {}
     if ctx.is_main:
@@ -120,6 +124,22 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
         tracker.log_artifact(path)
     tracker.end("FINISHED")
     return final, max_iters
+
+
+def reference_rows(cfg: CellConfig) -> list[dict[str, str]]:
+    """The reference's parsed training log of the cell (pipeline.reference_eval wrote it), or none."""
+    path = Path(cfg.preset.paths.reference_run(cfg.cell.id).reference_log)
+    return reference.read_log_csv(path) if path.is_file() else []
+
+
+def reference_schedule(cfg: CellConfig, max_iters: int) -> bool:
+    """Our learning rate equals the reference's at every iteration its log has (an error otherwise); a
+    schedule of another length is an error in the full preset and not compared elsewhere."""
+    rows = reference_rows(cfg)
+    train = cfg.train
+    return bool(rows) and reference.check_schedule(
+        rows, max_iters, lambda k: poly_lr(k - 1, max_iters, lr=train.lr, min_lr=train.min_lr, power=train.poly_power),
+        strict=cfg.preset.name == "full")
 
 
 def protocols(cfg: CellConfig, multi: bool, sliding: bool) -> list[Protocol]:
@@ -180,7 +200,8 @@ def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
                             workers=min(cfg.train.workers, cfg.evaluate.max_workers),
                             predictions_dir=predictions_dir, keep_samples=GRID_SAMPLES)
     results = {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}
-    pictures = draw_pictures(cfg, results[SINGLE_SCALE.name], scored.samples, meta["palette"])
+    pictures = draw_pictures(cfg, results[SINGLE_SCALE.name], scored.samples, meta["palette"],
+                             yardstick(cfg, tracker))
     doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
                            precision_name(spec.dtype))
     training = Path(cfg.files.environment)
@@ -204,13 +225,36 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
                            "config_digest": cfg.digest(), "mlflow_run_id": run_id}}
 
 
-def draw_pictures(cfg: CellConfig, result: dict[str, Any], samples: list, palette: list) -> list[Path]:
+def draw_pictures(cfg: CellConfig, result: dict[str, Any], samples: list, palette: list,
+                  yardstick: list[dict[str, str]] | None = None) -> list[Path]:
     files, title = cfg.files, f"{cfg.run_name} ({cfg.preset.name})"
     pictures = [plots.iou_bars(result["per_class_iou"], files.picture("iou_per_class"), f"{title}: val IoU"),
                 plots.prediction_grid(samples, palette, files.picture("predictions"), title)]
     if Path(files.train_log).is_file():
-        pictures.append(plots.learning_curves(files.train_log, files.picture("learning_curves"), title))
+        pictures.append(plots.learning_curves(files.train_log, files.picture("learning_curves"), title,
+                                              reference=yardstick or None))
     return pictures
+
+
+def yardstick(cfg: CellConfig, tracker: Tracker) -> list[dict[str, str]]:
+    """The reference's log rows when it trained this run's schedule: logged into the run at its iterations
+    (``reference/...``), and our loss compared with its (one warning when ours stays above its band)."""
+    rows, config = reference_rows(cfg), Path(cfg.files.config)
+    if not rows or not config.is_file() or not Path(cfg.files.train_log).is_file():
+        return []
+    if int(rows[0]["max_iters"]) != yaml.safe_load(config.read_text())["max_iters"]:
+        return []
+    for row in rows:
+        tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
+    with Path(cfg.files.train_log).open() as f:
+        ours = {int(r["iteration"]): float(r["loss"]) for r in csv.DictReader(f)}
+    start = reference.loss_stays_above(ours, rows)
+    if start is not None:
+        warnings.warn(f"{cfg.run_name}: from iteration {start} the training loss stayed more than "
+                      f"{reference.LOSS_BAND:.0%} above the reference's for {reference.LOSS_WINDOWS} log windows "
+                      f"({cfg.files.train_log} against its log): check the data and the recipe before the run "
+                      "goes on", RuntimeWarning, stacklevel=2)
+    return rows
 
 
 def mirror(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -> None:
@@ -277,8 +321,8 @@ def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict
     doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
     doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
     mirror(tracker, doc, pictures)
-    for row in rows:  # its training curve, at its own iterations
-        tracker.log_metrics(reference.row_metrics(row), row.iteration)
+    for row in reference.read_log_csv(Path(files.reference_log)):  # its training curve, at its iterations
+        tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
     atomic.write_json(files.metrics, doc)
     tracker.log_artifact(files.metrics)
     tracker.log_artifact(files.reference_log)

@@ -44,18 +44,26 @@ def iou_bars(per_class_iou: dict[str, float | None], path: str | Path, title: st
     return _save(fig, path)
 
 
-def learning_curves(train_log: str | Path, path: str | Path, title: str) -> Path:
-    """Loss (total, main, aux) and learning rate against the iteration."""
+def learning_curves(train_log: str | Path, path: str | Path, title: str,
+                    reference: list[dict[str, str]] | None = None) -> Path:
+    """Loss (total, main, aux) and learning rate against the iteration; with ``reference`` (its parsed
+    training log) its total loss and learning rate dashed beside ours."""
     with Path(train_log).open() as f:
         rows = list(csv.DictReader(f))
     it = [int(r["iteration"]) for r in rows]
     fig, (ax_loss, ax_lr) = plt.subplots(1, 2, figsize=(10, 3.5))
     for key in ("loss", "main_loss", "aux_loss"):
         ax_loss.plot(it, [float(r[key]) for r in rows], label=key)
+    if reference:
+        ref_it = [int(r["iteration"]) for r in reference]
+        ax_loss.plot(ref_it, [float(r["loss_total"]) for r in reference], "k--", label="reference loss")
+        ax_lr.plot(ref_it, [float(r["learning_rate"]) for r in reference], "k--", label="reference")
     ax_loss.set_xlabel("iteration")
     ax_loss.set_ylabel("cross-entropy")
     ax_loss.legend()
-    ax_lr.plot(it, [float(r["lr"]) for r in rows], color="tab:green")
+    ax_lr.plot(it, [float(r["lr"]) for r in rows], color="tab:green", label="ours")
+    if reference:
+        ax_lr.legend()
     ax_lr.set_xlabel("iteration")
     ax_lr.set_ylabel("learning rate")
     fig.suptitle(title)

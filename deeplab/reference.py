@@ -187,10 +187,80 @@ def read_log_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def row_metrics(row: LogRow) -> dict[str, float]:
-    """A log row as MLflow metrics: ``reference/learning_rate``, ``reference/loss_total``, ..."""
-    return {f"reference/{key}": float(row.values[key]) for key in LOG_KEYS[2:] + ("max_gpu_alloc_GB",)
-            if isinstance(row.values.get(key), (int, float))}
+def row_metrics(row: Mapping[str, str]) -> dict[str, float]:
+    """A parsed log row (:func:`read_log_csv`) as MLflow metrics: ``reference/learning_rate``, ..."""
+    return {f"reference/{key}": float(row[key]) for key in CSV_FIELDS[2:] if row.get(key)}
+
+
+REFERENCE_GPUS = 8  # the reference trained every cell on 8 GPUs
+LOSS_BAND = 0.10    # our loss more than 10 % above the reference's ...
+LOSS_WINDOWS = 5    # ... at 5 consecutive shared log points: one warning
+
+
+class ScheduleMismatch(ReferenceAssetError):
+    """Our learning rate differs from the reference's at an iteration both logged."""
+
+
+@dataclass(frozen=True)
+class Spent:
+    """What the reference's log says one cell cost it."""
+
+    seconds_per_iter: float | None  # median over the log's windows (8 GPUs together)
+    max_gpu_gb: float | None        # the largest max_gpu_alloc_GB it logged (per GPU, 2 images, fp32)
+    max_iters: int
+
+    @property
+    def gpu_hours(self) -> float | None:
+        return None if self.seconds_per_iter is None else self.seconds_per_iter * self.max_iters * REFERENCE_GPUS / 3600
+
+
+def spent(path: Path) -> Spent | None:
+    """The cost recorded in a parsed reference log (deeplab.paths' ``reference_log``), None without one."""
+    if not path.is_file():
+        return None
+    rows = read_log_csv(path)
+    seconds = sorted(float(r["seconds_per_iter"]) for r in rows if r["seconds_per_iter"])
+    memory = [float(r["max_gpu_alloc_GB"]) for r in rows if r["max_gpu_alloc_GB"]]
+    return Spent(seconds[len(seconds) // 2] if seconds else None, max(memory) if memory else None,
+                 int(rows[0]["max_iters"]))
+
+
+def check_schedule(rows: list[dict[str, str]], max_iters: int, lr_used_at: Any, strict: bool) -> bool:
+    """Our learning rate at every iteration the reference logged must be its. ``lr_used_at(k)``: the lr our
+    schedule applies in the k-th iteration (1-based, as its ``cur_iter`` counts). A schedule of another length
+    is an error when ``strict`` (the recipe's preset), else not compared; returns whether it was compared."""
+    theirs = int(rows[0]["max_iters"])
+    if theirs != max_iters:
+        if strict:
+            raise ScheduleMismatch(f"the reference trained this cell for {theirs} iterations, this run for "
+                                   f"{max_iters}: the schedule is not the recipe's (datasets.yaml epochs/batch_size)")
+        return False
+    for row in rows:
+        iteration, their_lr = int(row["iteration"]), float(row["learning_rate"])
+        ours = lr_used_at(iteration)
+        if abs(ours - their_lr) > 1e-9 * max(abs(their_lr), 1e-12):
+            raise ScheduleMismatch(f"learning rate at iteration {iteration}: ours {ours!r}, the reference's "
+                                   f"{their_lr!r} (its training log): the schedule differs from the recipe's "
+                                   "(train.lr, min_lr, poly_power in params/train.yaml)")
+    return True
+
+
+def loss_stays_above(ours: Mapping[int, float], rows: list[dict[str, str]], band: float = LOSS_BAND,
+                     windows: int = LOSS_WINDOWS) -> int | None:
+    """The iteration from which our logged loss stayed more than ``band`` above the reference's for
+    ``windows`` consecutive shared log points (the first such stretch), else None."""
+    run: list[int] = []
+    for row in rows:
+        iteration = int(row["iteration"])
+        if iteration not in ours:
+            continue
+        if ours[iteration] > (1 + band) * float(row["loss_total"]):
+            run.append(iteration)
+            if len(run) == windows:
+                return run[0]
+        else:
+            run = []
+    return None
 
 
 def parse_log(path: Path) -> list[LogRow]:

@@ -153,7 +153,7 @@ def test_the_poly_schedule_gives_its_learning_rate_at_every_iteration() -> None:
     for iteration in range(epochs * per_epoch):
         theirs = ref_sched.updatelr()  # what its training loop does before each step
         assert our_opt.param_groups[0]["lr"] == pytest.approx(theirs, rel=1e-12), iteration
-        ref_sched.step(), our_sched.step()
+        ref_sched.step(), our_opt.step(), our_sched.step()
     assert ref_sched.min_lr == train.min_lr  # its default floor, lr / 100, is ours
 
 

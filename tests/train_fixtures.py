@@ -79,7 +79,7 @@ def shrink_params(params_dir: Path, *, crop: int = 32, batch: int = 2, epochs: i
              "eval_scale": [crop * 2, crop], **(dataset or {})}
     smoke["overrides"] = {
         "datasets": {name: dict(small) for name in ("voc", "ade20k", "cityscapes")},
-        "model": {"pretrained": "none", "aspp_channels": 16, "decoder_channels": 16, "aux_channels": 16,
+        "model": {"pretrained": "none", "backbone_width": 16, "aspp_channels": 16, "decoder_channels": 16, "aux_channels": 16,
                   "low_level_channels": 8},
         "train": {"checkpoint_every": 2, "log_every": 1, "workers": 0, "deterministic": True,
                   "precision": "fp32", **(train or {})}}

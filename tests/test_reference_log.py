@@ -1,0 +1,81 @@
+"""The reference's training log as a yardstick for a smoke cell: its learning rate must be ours at every
+iteration it logged, its curve goes into the cell's MLflow run and learning-curve plot, and a loss that
+stays above its band gives one warning. The log is written by the test in the reference's format."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+import pipeline.evaluate
+import pipeline.train
+from deeplab import plots, reference
+from deeplab.config import load_params
+from deeplab.schedule import poly_lr
+from tests.train_fixtures import project, shrink_params  # noqa: F401  (fixture)
+
+CELL = "voc-r50-os16"
+ROW = ("2023-03-0{day} 10:00:{second:02d} INFO  {{'cur_epoch': 1, 'max_epochs': 2, 'cur_iter': {it}, 'max_iters': {max_it}, "
+       "'segmentor': 'Deeplabv3Plus', 'learning_rate': {lr!r}, 'ema': False, 'fp16': False, 'loss_cls': {cls!r}, "
+       "'loss_aux': {aux!r}, 'loss_total': {total!r}, 'max_gpu_alloc_GB': 9.5}}")
+
+
+def place_log(project: Path, losses: list[float], lr_at: dict[int, float] | None = None) -> list[dict[str, str]]:
+    """A reference log for the project's smoke schedule, parsed into the place reference_eval writes it."""
+    cfg = load_params(project / "params").resolve(CELL, "smoke")
+    max_iters, train = len(losses), cfg.train
+    lines = [ROW.format(day=1, second=2 * k, it=k, max_it=max_iters, cls=0.7 * loss, aux=0.75 * loss, total=loss,
+                        lr=(lr_at or {}).get(k, poly_lr(k - 1, max_iters, lr=train.lr, min_lr=train.min_lr,
+                                                        power=train.poly_power)))
+             for k, loss in enumerate(losses, start=1)]
+    raw = project / "ref.log"
+    raw.write_text("2023-03-01 09:59:00 INFO  Config file path: deeplabv3plus_resnet50os16_voc.py\n" + "\n".join(lines) + "\n")
+    target = project / cfg.preset.paths.reference_run(CELL).reference_log
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(reference.log_csv(reference.parse_log(raw)))
+    return reference.read_log_csv(target)
+
+
+def test_its_curve_goes_into_the_run_and_the_plot(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shrink_params(project / "params", epochs=2, train={"lr": 0.01})  # 8 iterations, a log row each
+    monkeypatch.chdir(project)
+    rows = place_log(project, [3.0, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4, 2.3])  # our loss stays below 110 % of these
+    drawn = []
+    real = plots.learning_curves
+    monkeypatch.setattr(plots, "learning_curves", lambda *a, **k: drawn.append(k.get("reference")) or real(*a, **k))
+    assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    assert not [w for w in seen if "above the reference's" in str(w.message)]
+    assert drawn == [rows]
+    from mlflow import MlflowClient
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    run_id = (project / "results" / "smoke" / CELL / "mlflow_run_id").read_text()
+    history = client.get_metric_history(run_id, "reference/loss_total")
+    assert [(m.step, m.value) for m in history] == [(k, v) for k, v in enumerate([3.0, 2.9, 2.8, 2.7, 2.6, 2.5, 2.4, 2.3], 1)]
+    assert [m.step for m in client.get_metric_history(run_id, "reference/learning_rate")] == list(range(1, 9))
+    assert reference.spent(project / "results/smoke/reference" / CELL / "reference_log.csv").seconds_per_iter == 2.0
+
+
+def test_a_loss_above_its_band_warns_once_naming_the_iteration(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    shrink_params(project / "params", epochs=2, train={"lr": 0.01})
+    monkeypatch.chdir(project)
+    place_log(project, [0.01] * 8)  # a reference far below anything 8 steps reach
+    assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    with pytest.warns(RuntimeWarning, match=r"from iteration 1 the training loss stayed more than 10% above") as seen:
+        assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    assert len([w for w in seen if "above the reference's" in str(w.message)]) == 1
+
+
+def test_a_learning_rate_other_than_its_stops_training_before_it_starts(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    shrink_params(project / "params", epochs=2, train={"lr": 0.01})
+    monkeypatch.chdir(project)
+    place_log(project, [3.0] * 8, lr_at={6: 0.0123})
+    assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "learning rate at iteration 6: ours" in err and "the reference's 0.0123" in err
+    assert not (project / "results" / "smoke" / CELL / "train_log.csv").exists()
