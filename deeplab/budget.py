@@ -6,7 +6,7 @@ scaled by the crop's pixel count, times 3 for forward + backward, times the imag
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -34,23 +34,30 @@ def training_flops(config: CellConfig, num_train_images: int | None = None) -> f
     return training_images(config, num_train_images) * 3 * per_image * (height * width) / (512 * 512)
 
 
-def cost_frame(params: Params, preset: str, measured: Mapping[str, float | None]) -> pd.DataFrame:
-    """README's cost table: per cell the training FLOPs, the GPU-hours at the assumed rates, and the
-    GPU-hours measured from its training logs where it has run (``measured``: cell -> hours or None)."""
+def cost_frame(params: Params, preset: str, measured: Mapping[str, float | None],
+               reference: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """README's cost table: per cell the training FLOPs, the GPU-hours at the assumed rates, the GPU-hours
+    measured from its training logs where it has run (``measured``: cell -> hours or None), and what the
+    reference's own training log says it spent (``reference``: cell -> deeplab.reference.Spent or None)."""
     rows = []
     for cell_id in params.cells:
         config = params.resolve(cell_id, preset)
         hours = measured.get(cell_id)
+        spent = (reference or {}).get(cell_id)
+        theirs = spent.gpu_hours if spent is not None else None
         rows.append({"cell": cell_id, "images seen": f"{training_images(config):,}",
                      "crop": "x".join(map(str, config.data.crop_size)),
                      "training PFLOP": f"{training_flops(config) / 1e15:,.0f}",
                      **{f"{gpu} GPU-hours (assumed)": f"{gpu_hours(config, gpu):.1f}" for gpu in ACHIEVED_TFLOPS},
-                     "measured GPU-hours": "-" if hours is None else f"{hours:.1f}"})
+                     "measured GPU-hours": "-" if hours is None else f"{hours:.1f}",
+                     "reference GPU-hours (its log)": "-" if theirs is None
+                     else f"{theirs:.1f} ({spent.seconds_per_iter:.2f} s/it x 8)"})
     total = sum(training_flops(params.resolve(c, preset)) for c in params.cells)
     rows.append({"cell": f"all {len(params.cells)}", "images seen": "", "crop": "",
                  "training PFLOP": f"{total / 1e15:,.0f}",
                  **{f"{gpu} GPU-hours (assumed)": f"{total / (rate * 1e12) / 3600:.0f}"
-                    for gpu, rate in ACHIEVED_TFLOPS.items()}, "measured GPU-hours": ""})
+                    for gpu, rate in ACHIEVED_TFLOPS.items()}, "measured GPU-hours": "",
+                 "reference GPU-hours (its log)": ""})
     return pd.DataFrame(rows)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 import torch
@@ -81,8 +81,9 @@ def fits(entry: dict[str, Any], images: int, gpu_gib: float) -> str:
 
 
 def frame(plan: dict[str, Any], params: Params, preset: str, gpu_sizes: Iterable[int] = GPU_SIZES,
-          cells: Iterable[str] | None = None) -> pd.DataFrame:
-    """One row per cell: the peak at its whole per-GPU share in each precision, and what fits per GPU."""
+          cells: Iterable[str] | None = None, reference: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """One row per cell: the peak at its whole per-GPU share in each precision, what fits per GPU, and
+    (``reference``: cell -> deeplab.reference.Spent or None) the peak the reference's own log reports."""
     rows = []
     for cell_id in cells or params.cells:
         images = share(params, cell_id, preset)
@@ -93,12 +94,17 @@ def frame(plan: dict[str, Any], params: Params, preset: str, gpu_sizes: Iterable
         for size in gpu_sizes:
             row[f"{size} GB: bf16 / fp32"] = " / ".join(
                 fits(plan["entries"][f"{cell_id}/{p}"], images, size) for p in PRECISIONS)
+        if reference is not None:
+            spent = reference.get(cell_id)
+            row["reference, fp32, 2 images/GPU (its log)"] = \
+                "-" if spent is None or spent.max_gpu_gb is None else f"{spent.max_gpu_gb:.1f} GB"
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def render(plan: dict[str, Any], params: Params, preset: str) -> str:
-    table = frame(plan, params, preset).to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+def render(plan: dict[str, Any], params: Params, preset: str, reference: Mapping[str, Any] | None = None) -> str:
+    table = frame(plan, params, preset, reference=reference).to_markdown(index=False, tablefmt="pipe",
+                                                                         disable_numparse=True)
     return table + "\n"
 
 

@@ -225,6 +225,12 @@ def spent(path: Path) -> Spent | None:
                  int(rows[0]["max_iters"]))
 
 
+def spent_by_cell(params: Any, preset: str, root: Path = Path(".")) -> dict[str, Spent | None]:
+    """Per cell what the reference's parsed log (if fetched) says it spent."""
+    paths = params.preset(preset).paths
+    return {cell: spent(root / paths.reference_run(cell).reference_log) for cell in params.cells}
+
+
 def check_schedule(rows: list[dict[str, str]], max_iters: int, lr_used_at: Any, strict: bool) -> bool:
     """Our learning rate at every iteration the reference logged must be its. ``lr_used_at(k)``: the lr our
     schedule applies in the k-th iteration (1-based, as its ``cur_iter`` counts). A schedule of another length

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deeplab import atomic, plan
+from deeplab import atomic, plan, reference
 from deeplab.config import BACKBONES, Params, load_params
 from deeplab.memory import GIB, ModelShape, predict_step
 from deeplab.table import TableError, replace_block
@@ -79,7 +79,8 @@ def cell_plan(args: argparse.Namespace) -> int:
 
 def readme_with(built: dict[str, Any], params: Params) -> str:
     """README.md with its memory table rendered from the full preset's plan ``built``."""
-    return replace_block(README.read_text(), plan.render(built, params, "full"), README, plan.BEGIN, plan.END)
+    block = plan.render(built, params, "full", reference.spent_by_cell(params, "full"))
+    return replace_block(README.read_text(), block, README, plan.BEGIN, plan.END)
 
 
 def check(params: Params, preset: str, stored: dict[str, Any] | None, path: Path) -> int:

@@ -16,13 +16,14 @@ import pandas as pd
 from deeplab import atomic
 from deeplab.budget import cost_frame
 from deeplab.config import Params
+from deeplab.reference import spent_by_cell
 from deeplab.table import (TableError, cell_frame, per_class_frame, read_metrics, render, replace_block, seeds_json,
                            to_csv)
 from pipeline import stage
 
 README = Path("README.md")
 COST_BEGIN, COST_END = "<!-- cost-table:begin -->", "<!-- cost-table:end -->"
-COST_ALIGN = ("left", "right", "center", "right", "right", "right", "right")
+COST_ALIGN = ("left", "right", "center", "right", "right", "right", "right", "right")
 
 
 class StaleOutput(TableError):
@@ -50,7 +51,8 @@ def expected_files(params: Params, preset: str, root: Path = Path(".")) -> dict[
         block = render(params, preset, metrics, link_base=paths.results_dir, root=root)
         text = replace_block(readme.read_text(), block, readme)
         measured = frame.set_index("cell")["gpu_hours"]
-        costs = cost_frame(params, preset, {cell: None if pd.isna(v) else v for cell, v in measured.items()})
+        costs = cost_frame(params, preset, {cell: None if pd.isna(v) else v for cell, v in measured.items()},
+                           spent_by_cell(params, preset, root))
         files[readme] = replace_block(text, costs.to_markdown(index=False, tablefmt="pipe", disable_numparse=True,
                                                               colalign=COST_ALIGN) + "\n", readme, COST_BEGIN, COST_END)
     return files
