@@ -1,16 +1,20 @@
-"""One cell's training job and evaluation job: the library verbs wired to the cell's files and its MLflow
-run. The stage entry points (pipeline/train.py, pipeline/evaluate.py) only parse arguments and call these.
+"""One cell's training job and evaluation job, and the evaluation of the reference's weights: the library
+verbs wired to the files and MLflow runs. The stage entry points (pipeline/train.py, pipeline/evaluate.py,
+pipeline/reference_eval.py) only parse arguments and call these.
 
 Files are the record: training writes ``config.yaml``, ``train_log.csv`` and the model; evaluation writes
-the pictures and, last, ``metrics.json``. MLflow mirrors them in one run per cell, which both jobs share.
+the pictures, DVC's views (``scores.json``, ``class_iou.csv``) and, last, ``metrics.json``, then logs the
+model to MLflow. MLflow mirrors them in one run per cell, which both jobs share. Where the reference's
+training log has been fetched, training checks its schedule against it and evaluation draws it as a yardstick.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
-import warnings
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -271,7 +275,6 @@ def mirror(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -> None:
 def reference_config(params: Params, cell_id: str, preset: str) -> CellConfig:
     """The cell on ``preset``'s data, under the recipe's own model (the reference's architecture, whatever
     the preset thins) and the reference's evaluation numerics (fp32, TF32 off)."""
-    import dataclasses
     cfg = params.resolve(cell_id, preset)
     return dataclasses.replace(cfg, model=params.model, train=dataclasses.replace(cfg.train, precision="fp32"))
 
