@@ -5,7 +5,7 @@
 #   snakemake --report report.html [--config preset=smoke]       one self-contained page: table, pictures
 # Every number lives in params/ (loaded and validated by deeplab.config); every file name in deeplab.paths,
 # which this file and the stages both ask (so a rule's outputs are exactly what its command writes); rules
-# pass only ids and the preset. dvc.yaml runs the same commands.
+# pass only ids and the preset. dvc.yaml runs the same commands (reference/dvc.yaml those of the reference rules).
 import math
 import re
 import sys

@@ -93,11 +93,16 @@ def _params(stage: object) -> dict[str, list[str]]:
 
 def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
     stages = _dvc_stages(checkout)
-    full = {name: s for name, s in stages.items() if not name.startswith("smoke/")}
+    full = {name: s for name, s in stages.items() if "/" not in name.split(":")[0]}
     counts = Counter(name.split("@")[0] for name in full)
     assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "init_tracking": 1,
-                      "train_cell": 12, "evaluate_cell": 12, "make_table": 1, "reference_eval": 12,
-                      "reference_table": 1}
+                      "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
+    # the reference's weights: a pipeline of their own (a plain `dvc repro` never downloads them), run from the root
+    reference = {name.removeprefix("reference/dvc.yaml:"): s for name, s in stages.items()
+                 if name.startswith("reference/")}
+    assert Counter(name.split("@")[0] for name in reference) == {"reference_eval": 12, "reference_table": 1}
+    assert all(s.wdir == str(checkout) for s in reference.values())
+    assert "-m pipeline.reference_eval --cell ade20k-r101-os8 --preset full" in reference["reference_eval@ade20k-r101-os8"].cmd
     for name, stage in full.items():
         if name.startswith(("train_cell@", "evaluate_cell@")):
             cell = name.split("@")[1]
@@ -129,7 +134,7 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     of dvc.yaml that is not deeplab.paths'."""
     stages = _dvc_stages(checkout)
     smoke = {name.removeprefix("smoke/dvc.yaml:"): s for name, s in stages.items() if name.startswith("smoke/")}
-    full = {name: s for name, s in stages.items() if not name.startswith("smoke/")}
+    full = {name: s for name, s in stages.items() if "/" not in name.split(":")[0]}
     paths = PARAMS.preset("smoke").paths
     for name, stage in ((n, s) for n, s in smoke.items() if n in full):
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
@@ -156,6 +161,12 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     wrong = subprocess.run(check, cwd=checkout, capture_output=True, text=True, env=_env())
     pipeline.write_text(original)
     assert wrong.returncode == 1 and "stage evaluate_cell" in wrong.stderr and "metric.json" in wrong.stderr
+    reference = checkout / "reference" / "dvc.yaml"  # the reference's pipeline is checked the same way
+    original = reference.read_text()
+    reference.write_text(original.replace("/reference_log.csv:", "/reference.csv:", 1))
+    wrong = subprocess.run(check, cwd=checkout, capture_output=True, text=True, env=_env())
+    reference.write_text(original)
+    assert wrong.returncode == 1 and "reference/dvc.yaml: stage reference_eval" in wrong.stderr
 
 
 def _env() -> dict[str, str]:

@@ -32,8 +32,8 @@ def _run_dag(tmp_path_factory: pytest.TempPathFactory, name: str, command: list[
     if epochs is not None:  # a reduced configuration: the same DAG, fewer training steps per cell
         presets = checkout / "params" / "presets.yaml"
         text = presets.read_text()
-        assert text.count("epochs: 10}") == 3, "the smoke preset's epochs moved: update this test"
-        presets.write_text(text.replace("epochs: 10}", f"epochs: {epochs}}}"))
+        assert text.count("epochs: 10,") == 3, "the smoke preset's epochs moved: update this test"
+        presets.write_text(text.replace("epochs: 10,", f"epochs: {epochs},"))
     uri = f"sqlite:///{tmp_path_factory.mktemp(f'{name}-mlflow') / 'mlflow.db'}"
     run_tool(command, checkout, timeout=DAG_TIMEOUT_S, MLFLOW_TRACKING_URI=uri)
     return checkout, uri

@@ -159,7 +159,7 @@ def test_learns_synthetic_data(tmp_path: Path, params_dir: Path, monkeypatch: py
     for the run-to-run noise of non-deterministic kernels."""
     shrink_params(params_dir, crop=16, batch=8, epochs=100,
                   train={"checkpoint_every": 1000, "log_every": 25, "deterministic": False},
-                  dataset={"num_classes": 2, "ratio_range": [1.0, 1.0]})
+                  dataset={"num_classes": 2, "ratio_range": [1.0, 1.0]}, model={"backbone_width": 64})
     write_prepared(tmp_path / "data" / "smoke" / "prepared" / "voc", num_classes=2, n_train=16, n_val=4,
                    size=(24, 32))
     monkeypatch.chdir(tmp_path)

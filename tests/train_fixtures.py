@@ -71,7 +71,8 @@ def write_prepared(folder: Path, *, num_classes: int = 5, n_train: int = 8, n_va
 
 
 def shrink_params(params_dir: Path, *, crop: int = 32, batch: int = 2, epochs: int = 1,
-                  train: dict[str, Any] | None = None, dataset: dict[str, Any] | None = None) -> Path:
+                  train: dict[str, Any] | None = None, dataset: dict[str, Any] | None = None,
+                  model: dict[str, Any] | None = None) -> Path:
     """Rewrite the copy's ``smoke`` preset: tiny crops, thin heads, deterministic, no workers."""
     doc = yaml.safe_load((params_dir / "presets.yaml").read_text())
     smoke = doc["presets"]["smoke"]
@@ -80,7 +81,7 @@ def shrink_params(params_dir: Path, *, crop: int = 32, batch: int = 2, epochs: i
     smoke["overrides"] = {
         "datasets": {name: dict(small) for name in ("voc", "ade20k", "cityscapes")},
         "model": {"pretrained": "none", "backbone_width": 16, "aspp_channels": 16, "decoder_channels": 16, "aux_channels": 16,
-                  "low_level_channels": 8},
+                  "low_level_channels": 8, **(model or {})},
         "train": {"checkpoint_every": 2, "log_every": 1, "workers": 0, "deterministic": True,
                   "precision": "fp32", **(train or {})}}
     (params_dir / "presets.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
