@@ -135,7 +135,7 @@ rule make_table:
     output:  # the full preset also rewrites README.md's results block
         table=report(PATHS.table(), category="results table", labels={"file": "table.md"}),
         summary=report(PATHS.summary(), category="results table", labels={"file": "summary.csv"}),
-        seeds=[PATHS.seeds_summary(cell) for cell in CELLS if len(PARAMS.seeds(cell, PRESET)) > 1],
+        seeds=[PATHS.seeds_summary(cell) for cell in PARAMS.seeded_cells(PRESET)],
         per_class=PATHS.per_class_iou(),
     log: PATHS.log("make_table")
     shell: "{PY} -m pipeline.table {STAGE_ARGS} > {log} 2>&1"

@@ -319,6 +319,10 @@ class Params:
         chosen = self.preset(preset)
         return chosen.seeds.get(cell_id) or (self._section("train", self.train, chosen).seed,)
 
+    def seeded_cells(self, preset: str = "full") -> list[str]:
+        """The cells ``preset`` trains with several seeds (each gets a seeds.json summary)."""
+        return [cell_id for cell_id in self.cells if len(self.seeds(cell_id, preset)) > 1]
+
     def runs(self, preset: str = "full") -> list[CellConfig]:
         """Every training run of ``preset``: one per cell and seed, the cell's default seed first."""
         return [self.resolve(cell_id, preset, seed) for cell_id in self.cells for seed in self.seeds(cell_id, preset)]

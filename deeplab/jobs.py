@@ -28,8 +28,8 @@ from deeplab.paths import CellFiles
 from deeplab.data.sources import IMAGENET_WEIGHTS
 from deeplab.datasets import DatasetError, manifest_hash, read_meta, read_split
 from deeplab.environment import describe, freeze
-from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, evaluate_split, multi_scale, sliding_window,
-                              summarize)
+from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, SplitResult, evaluate_split, multi_scale,
+                              sliding_window, summarize)
 from deeplab.metrics import ConfusionMatrix
 from deeplab.model import build_model, load_trained
 from deeplab.predict import read_any_image
@@ -55,11 +55,12 @@ def record_environment(cfg: CellConfig, device: torch.device) -> dict[str, Any]:
     return env
 
 
-def tracker_for(cfg: CellConfig, enabled: bool = True) -> Tracker:
-    """The cell's MLflow run in the preset's experiment (the store of MLFLOW_TRACKING_URI)."""
+def tracker_for(cfg: CellConfig, enabled: bool = True, files: CellFiles | None = None) -> Tracker:
+    """The MLflow run of the cell's files (or of ``files``) in the preset's experiment (the store of
+    MLFLOW_TRACKING_URI)."""
     root = Path.cwd()
-    return Tracker(uri=default_tracking_uri(root), experiment=cfg.preset.experiment, cell_dir=cfg.files.dir,
-                   project_root=root, enabled=enabled)
+    return Tracker(uri=default_tracking_uri(root), experiment=cfg.preset.experiment,
+                   cell_dir=(files or cfg.files).dir, project_root=root, enabled=enabled)
 
 
 def backbone_weights(cfg: CellConfig) -> Path | None:
@@ -192,26 +193,33 @@ def log_served_model(cfg: CellConfig, tracker: Tracker) -> None:
 def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
           tracker: Tracker) -> tuple[dict[str, Any], list[Path]]:
     started = time.perf_counter()
-    meta = read_meta(cfg.prepared_dir)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = InputSpec.of(cfg, device)
-    configure_backends(spec.dtype, benchmark=cfg.data.eval_scale is None)  # native size: one shape, autotune
     model = load_trained(cfg, Path(cfg.files.model), device)
     if predictions_dir:
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-    scored = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
-                            spec=spec, protocols=chosen, device=device,
-                            workers=min(cfg.train.workers, cfg.evaluate.max_workers),
-                            predictions_dir=predictions_dir, keep_samples=GRID_SAMPLES)
-    results = {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}
-    pictures = draw_pictures(cfg, results[SINGLE_SCALE.name], scored.samples, meta["palette"],
-                             yardstick(cfg, tracker))
+    scored, results, meta = score_split(cfg, model, spec, device, chosen, predictions_dir)
+    pictures = draw_pictures(cfg.files, f"{cfg.run_name} ({cfg.preset.name})", results[SINGLE_SCALE.name],
+                             scored.samples, meta["palette"], yardstick(cfg, tracker))
     doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
                            precision_name(spec.dtype))
     training = Path(cfg.files.environment)
     doc["environment"] = {"evaluation": describe(device, Path.cwd() / LOCK),
                           "training": json.loads(training.read_text()) if training.is_file() else []}
     return doc, pictures
+
+
+def score_split(cfg: CellConfig, model: torch.nn.Module, spec: InputSpec, device: torch.device,
+                chosen: list[Protocol], predictions_dir: str | None = None) -> tuple[SplitResult, dict, dict]:
+    """``model`` on the cell's val split under each protocol, with the backends set for ``spec``: the scored
+    split, the summary (metrics.json's numbers) per protocol, and the split's meta.json."""
+    configure_backends(spec.dtype, benchmark=cfg.data.eval_scale is None)  # native size: one shape, autotune
+    meta = read_meta(cfg.prepared_dir)
+    scored = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
+                            spec=spec, protocols=chosen, device=device,
+                            workers=min(cfg.train.workers, cfg.evaluate.max_workers),
+                            predictions_dir=predictions_dir, keep_samples=GRID_SAMPLES)
+    return scored, {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}, meta
 
 
 def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images: int, seconds: float,
@@ -229,9 +237,9 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
                            "config_digest": cfg.digest(), "mlflow_run_id": run_id}}
 
 
-def draw_pictures(cfg: CellConfig, result: dict[str, Any], samples: list, palette: list,
+def draw_pictures(files: CellFiles, title: str, result: dict[str, Any], samples: list, palette: list,
                   yardstick: list[dict[str, str]] | None = None) -> list[Path]:
-    files, title = cfg.files, f"{cfg.run_name} ({cfg.preset.name})"
+    """Per-class IoU bars, the prediction grid and, where the run has a training log, its learning curves."""
     pictures = [plots.iou_bars(result["per_class_iou"], files.picture("iou_per_class"), f"{title}: val IoU"),
                 plots.prediction_grid(samples, palette, files.picture("predictions"), title)]
     if Path(files.train_log).is_file():
@@ -288,8 +296,7 @@ def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict
     Path(files.dir).mkdir(parents=True, exist_ok=True)
     checkpoint = reference.fetch_asset(cfg.cell, "pth", Path(paths.reference_dir()), source)
     log = reference.fetch_asset(cfg.cell, "log", Path(paths.reference_dir()), source)
-    rows = reference.parse_log(log)
-    atomic.write_text(files.reference_log, reference.log_csv(rows))
+    log_rows = reference.write_log(reference.parse_log(log), Path(files.reference_log))
     state = reference.load_checkpoint(checkpoint)
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -300,22 +307,13 @@ def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict
         raise reference.ReferenceAssetError(f"{checkpoint}: its weights do not fit cell {cfg.cell.id} (e.g. another "
                                             f"number of classes): {str(error).splitlines()[0]}") from None
     spec = InputSpec.of(cfg, device)
-    configure_backends(spec.dtype, benchmark=cfg.data.eval_scale is None)
-    meta = read_meta(cfg.prepared_dir)
-    chosen = [SINGLE_SCALE, multi_scale(cfg.evaluate)]
-    tracker = Tracker(uri=default_tracking_uri(Path.cwd()), experiment=cfg.preset.experiment, cell_dir=files.dir,
-                      project_root=Path.cwd())
+    tracker = tracker_for(cfg, files=files)
     tracker.start(f"reference {cfg.cell.id}", params={"checkpoint": checkpoint.name},
                   tags={**run_tags(cfg), "kind": "reference_evaluation"})
     try:
-        scored = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
-                                spec=spec, protocols=chosen, device=device,
-                                workers=min(cfg.train.workers, cfg.evaluate.max_workers), keep_samples=GRID_SAMPLES)
-        results = {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}
-        title = f"reference weights, {cfg.cell.id} ({cfg.preset.name})"
-        pictures = [plots.iou_bars(results[SINGLE_SCALE.name]["per_class_iou"], files.picture("iou_per_class"),
-                                   f"{title}: val IoU"),
-                    plots.prediction_grid(scored.samples, meta["palette"], files.picture("predictions"), title)]
+        scored, results, meta = score_split(cfg, model, spec, device, [SINGLE_SCALE, multi_scale(cfg.evaluate)])
+        pictures = draw_pictures(files, f"reference weights, {cfg.cell.id} ({cfg.preset.name})",
+                                 results[SINGLE_SCALE.name], scored.samples, meta["palette"])
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -324,7 +322,7 @@ def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict
     doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
     doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
     mirror(tracker, doc, pictures)
-    for row in reference.read_log_csv(Path(files.reference_log)):  # its training curve, at its iterations
+    for row in log_rows:  # its training curve, at its iterations
         tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
     atomic.write_json(files.metrics, doc)
     tracker.log_artifact(files.metrics)

@@ -12,6 +12,8 @@ written down once (by name, never by position). The log is one line per 50 itera
 from __future__ import annotations
 
 import ast
+import csv
+import io
 import json
 import pickle
 import re
@@ -109,7 +111,7 @@ def _rename(state: Mapping[str, torch.Tensor], pairs: list[tuple[str, str]], sid
         out[dst + key[len(src):]] = value
     if unknown:
         raise ReferenceAssetError(f"{len(unknown)} {side} key(s) have no entry in deeplab.reference.KEY_MAP, e.g. "
-                              f"{', '.join(unknown[:5])}: not a DeepLabV3+ segmentor of the reference")
+                                  f"{', '.join(unknown[:5])}: not a DeepLabV3+ segmentor of the reference")
     return out
 
 
@@ -130,15 +132,15 @@ def load_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise ReferenceAssetError(f"{path}: not loadable with torch.load(weights_only=True): it holds objects "
-                              f"beyond tensors and plain containers ({str(error).splitlines()[0]}). Refusing to "
-                              "unpickle it; a reference checkpoint holds only its state dict.") from None
+                                  f"beyond tensors and plain containers ({str(error).splitlines()[0]}). Refusing to "
+                                  "unpickle it; a reference checkpoint holds only its state dict.") from None
     except (RuntimeError, EOFError, OSError) as error:
         raise ReferenceAssetError(f"{path}: not a readable torch checkpoint ({error}); delete it to download it "
-                              "again") from None
+                                  "again") from None
     state = saved.get("model") if isinstance(saved, dict) else None
     if not isinstance(state, dict):
         raise ReferenceAssetError(f"{path}: expected a dict with a 'model' state dict (the reference's format), got "
-                              f"{type(saved).__name__} with keys {list(saved)[:5] if isinstance(saved, dict) else '-'}")
+                                  f"{type(saved).__name__} with keys {list(saved)[:5] if isinstance(saved, dict) else '-'}")
     return to_ours(state)
 
 
@@ -161,11 +163,12 @@ CSV_FIELDS = ("iteration", "max_iters", "learning_rate", "loss_cls", "loss_aux",
               "max_gpu_alloc_GB")
 
 
-def log_csv(rows: list[LogRow]) -> str:
-    """The parsed log as CSV (deeplab.paths' ``reference_log``); seconds per iteration from the timestamps
-    (empty for the first row), the memory column empty where the log has none."""
+def write_log(rows: list[LogRow], path: Path) -> list[dict[str, str]]:
+    """Write the parsed log to ``path`` as CSV (deeplab.paths' ``reference_log``) and return its rows as
+    :func:`read_log_csv` gives them: seconds per iteration from the timestamps (empty for the first row),
+    the memory column empty where the log has none."""
     from datetime import datetime
-    lines = [",".join(CSV_FIELDS)]
+    table: list[dict[str, str]] = []
     previous: LogRow | None = None
     for row in rows:
         seconds = ""
@@ -173,16 +176,20 @@ def log_csv(rows: list[LogRow]) -> str:
             elapsed = (datetime.fromisoformat(row.time) - datetime.fromisoformat(previous.time)).total_seconds()
             seconds = f"{elapsed / (row.iteration - previous.iteration):.6g}"
         v = row.values
-        lines.append(",".join([str(row.iteration), str(v["max_iters"]), repr(float(v["learning_rate"])),
-                               repr(float(v["loss_cls"])), repr(float(v["loss_aux"])), repr(float(v["loss_total"])),
-                               seconds, str(v.get("max_gpu_alloc_GB", ""))]))
+        table.append(dict(zip(CSV_FIELDS, [str(row.iteration), str(v["max_iters"]), repr(float(v["learning_rate"])),
+                                           repr(float(v["loss_cls"])), repr(float(v["loss_aux"])),
+                                           repr(float(v["loss_total"])), seconds, str(v.get("max_gpu_alloc_GB", ""))])))
         previous = row
-    return "\n".join(lines) + "\n"
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    atomic.write_text(path, text.getvalue())
+    return table
 
 
 def read_log_csv(path: Path) -> list[dict[str, str]]:
-    """The rows :func:`log_csv` wrote."""
-    import csv
+    """The rows :func:`write_log` wrote."""
     with path.open() as f:
         return list(csv.DictReader(f))
 
@@ -283,11 +290,11 @@ def parse_log(path: Path) -> list[LogRow]:
             values = None
         if not isinstance(values, dict) or any(key not in values for key in LOG_KEYS):
             raise ReferenceAssetError(f"{path}:{number}: not a training row of the reference's log (expected "
-                                  f"'YYYY-mm-dd HH:MM:SS INFO  {{...}}' with {', '.join(LOG_KEYS)}): {line[:120]!r}; "
-                                  "the file is truncated or damaged: delete it to download it again")
+                                      f"'YYYY-mm-dd HH:MM:SS INFO  {{...}}' with {', '.join(LOG_KEYS)}): {line[:120]!r}; "
+                                      "the file is truncated or damaged: delete it to download it again")
         if rows and int(values["cur_iter"]) <= rows[-1].iteration:
             raise ReferenceAssetError(f"{path}:{number}: iteration {values['cur_iter']} after {rows[-1].iteration}: the "
-                                  "log's rows must go forward")
+                                      "log's rows must go forward")
         rows.append(LogRow(found[1], values))
     if not rows:
         raise ReferenceAssetError(f"{path}: no training rows: not a reference training log")

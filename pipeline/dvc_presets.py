@@ -60,7 +60,7 @@ def table_inputs(params: Params, preset: str) -> list[str]:
 def seeds_summaries(params: Params, preset: str) -> list[str]:
     """The seeds.json of each cell trained with several seeds (the table stage's metrics)."""
     paths = params.preset(preset).paths
-    return [paths.seeds_summary(cell) for cell in params.cells if len(params.seeds(cell, preset)) > 1]
+    return [paths.seeds_summary(cell) for cell in params.seeded_cells(preset)]
 
 
 def generated(doc: dict[str, Any], params: Params, preset: str) -> str:

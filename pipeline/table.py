@@ -42,7 +42,7 @@ def expected_files(params: Params, preset: str, root: Path = Path(".")) -> dict[
     files = {root / paths.table(): note + render(params, preset, metrics, link_base="", root=root),
              root / paths.summary(): to_csv(frame),
              root / paths.per_class_iou(): to_csv(per_class_frame(params, metrics))}
-    for row in frame[frame["seeds_planned"] > 1].itertuples():
+    for row in frame[frame["cell"].isin(params.seeded_cells(preset))].itertuples():
         files[root / paths.seeds_summary(row.cell)] = seeds_json(row)
     if preset == "full":  # only real results ever reach the README
         readme = root / README

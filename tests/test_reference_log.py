@@ -34,7 +34,7 @@ def place_log(project: Path, losses: list[float], lr_at: dict[int, float] | None
     raw.write_text("2023-03-01 09:59:00 INFO  Config file path: deeplabv3plus_resnet50os16_voc.py\n" + "\n".join(lines) + "\n")
     target = project / cfg.preset.paths.reference_run(CELL).reference_log
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(reference.log_csv(reference.parse_log(raw)))
+    reference.write_log(reference.parse_log(raw), target)
     return reference.read_log_csv(target)
 
 

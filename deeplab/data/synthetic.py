@@ -11,8 +11,9 @@ Images are class-coloured shapes on a textured grey background: the colour of a 
 so a short CPU training run learns them (mIoU far above chance). Each dataset paints a few classes of its
 official label space (``PAINTED``), in hues spread evenly around the colour wheel so that the recipe's hue
 jitter (+-36 degrees) never turns one into another. ``DEMO_SIZES`` are the smoke preset's archives: more,
-smaller images than the test fixtures' defaults, so that every class appears in many training images. Archives are byte-for-byte reproducible
-for a given seed (fixed member order and timestamps), so their sha256 is stable across runs.
+smaller images than the test fixtures' defaults, so that every class appears in many training images.
+Archives are byte-for-byte reproducible for a given seed (fixed member order and timestamps), so their
+sha256 is stable across runs.
 """
 from __future__ import annotations
 
@@ -65,10 +66,14 @@ def class_colours(n: int = 256) -> np.ndarray:
     rng = np.random.default_rng(12345)
     hue = (np.arange(n) * 0.618034) % 1.0  # golden-ratio hues: neighbours in index differ most
     value = rng.uniform(0.75, 1.0, n)
-    h6 = hue * 6
-    k = np.stack([(5 + h6) % 6, (3 + h6) % 6, (1 + h6) % 6], axis=1)
-    rgb = value[:, None] * (1 - 0.8 * np.clip(np.minimum(k, 4 - k), 0, 1))
+    rgb = value[:, None] * _hue_rgb(hue * 6, saturation=0.8)
     return (rgb * 255).astype(np.uint8)
+
+
+def _hue_rgb(h6: np.ndarray | float, saturation: float) -> np.ndarray:
+    """(..., 3) RGB factors in [0, 1] of hue ``h6`` (0-6 around the wheel) at full value (HSV to RGB)."""
+    k = np.stack([(5 + h6) % 6, (3 + h6) % 6, (1 + h6) % 6], axis=-1)
+    return 1 - saturation * np.clip(np.minimum(k, 4 - k), 0, 1)
 
 
 def dataset_colours(dataset: str) -> np.ndarray:
@@ -77,9 +82,7 @@ def dataset_colours(dataset: str) -> np.ndarray:
     colours = class_colours().copy()
     painted = PAINTED[dataset]
     for k, cls in enumerate(painted):
-        h6 = 6 * k / len(painted)
-        channel = np.array([(5 + h6) % 6, (3 + h6) % 6, (1 + h6) % 6])
-        colours[cls] = (230 * (1 - 0.85 * np.clip(np.minimum(channel, 4 - channel), 0, 1))).astype(np.uint8)
+        colours[cls] = (230 * _hue_rgb(6 * k / len(painted), saturation=0.85)).astype(np.uint8)
     return colours
 
 
