@@ -11,7 +11,7 @@ import re
 import sys
 
 sys.path.insert(0, workflow.basedir)  # the checkout's own deeplab/, also when not pip-installed
-from deeplab.budget import gpu_hours
+from deeplab.budget import estimated_gpu_hours
 from deeplab.config import BACKBONES, DATASETS, load_params
 
 PRESET = str(config.get("preset", "full"))
@@ -45,7 +45,7 @@ def weights_for(wildcards):
 def train_minutes(wildcards):
     """Wall-clock request: the FLOPs estimate at an A100-class rate, 1.5x margin, over the cell's GPUs."""
     run = RUNS[wildcards.run]
-    hours = gpu_hours(run, "A100") * 1.5 / run.cell.gpus
+    hours = estimated_gpu_hours(run, "A100") * 1.5 / run.cell.gpus
     return max(60, math.ceil(hours * 60))  # a killed job resumes from its checkpoint on rerun anyway
 
 

@@ -105,11 +105,11 @@ def training_rows(setup: Setup) -> tuple[list[str], dict[tuple[str, int], float]
                 dtype = torch.bfloat16 if precision == "bf16" else None
                 model = build_model(cfg, setup.device)
                 micro = choose(setup.images, CudaMemory(model, cfg, setup.device, dtype),
-                               predicted_line(ModelShape.of(cfg, precision)), log=lambda line: None)
+                               predicted_line(ModelShape.of(cfg, precision), cfg.train), log=lambda line: None)
                 del model
                 torch.cuda.empty_cache()
             rate, peak = step_rate(cfg, setup, micro)
-            predicted = predict_step(ModelShape.of(cfg, precision), micro).total / GIB
+            predicted = predict_step(ModelShape.of(cfg, precision), micro, cfg.train).total / GIB
             tflops = rate * 3 * FORWARD_GFLOPS_512[(backbone, stride)] * (setup.size / 512) ** 2 / 1e3
             if precision == "bf16":
                 consumption[(backbone, stride)] = rate

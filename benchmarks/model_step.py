@@ -20,6 +20,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from deeplab.config import load_params
 from deeplab.model import deeplabv3plus
+from deeplab.schedule import build_optimizer
+
+TRAIN = load_params(Path(__file__).resolve().parent.parent / "params").train  # the recipe's optimiser
 
 VARIANTS = [("r50", 8), ("r50", 16), ("r101", 8), ("r101", 16)]
 MODES = [(precision, layout) for precision in ("fp32", "bf16") for layout in ("contiguous", "channels_last")]
@@ -45,16 +48,10 @@ def matmul_gflops(device: torch.device, dtype: torch.dtype, n: int, seconds: flo
     return 2 * n ** 3 / best / 1e9
 
 
-def aspp_rates(stride: int) -> tuple[int, int, int]:
-    """The recipe's ASPP rates at ``stride`` (params/model.yaml)."""
-    return load_params(Path(__file__).resolve().parent.parent / "params").resolve(f"voc-r50-os{stride}").aspp_rates
-
-
 def step_flops(backbone: str, stride: int, classes: int, batch: int, size: int) -> float:
     """FLOPs of one forward + backward in training mode (aux head included), counted on the meta device."""
     with torch.device("meta"):
-        model = deeplabv3plus(backbone=backbone, output_stride=stride, num_classes=classes,
-                              aspp_rates=aspp_rates(stride)).train()
+        model = deeplabv3plus(backbone=backbone, output_stride=stride, num_classes=classes).train()
         counter = FlopCounterMode(display=False)
         with counter:
             out = model(torch.empty(batch, 3, size, size))
@@ -68,10 +65,9 @@ def time_steps(backbone: str, stride: int, args: argparse.Namespace, device: tor
     by other work on a shared machine)."""
     torch.manual_seed(0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    model = deeplabv3plus(backbone=backbone, output_stride=stride, num_classes=args.classes,
-                          aspp_rates=aspp_rates(stride))
+    model = deeplabv3plus(backbone=backbone, output_stride=stride, num_classes=args.classes)
     model = model.to(device, memory_format=fmt).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    optimizer = build_optimizer(model, TRAIN)
     images = torch.randn(args.batch, 3, args.size, args.size, device=device).to(memory_format=fmt)
     labels = torch.randint(0, args.classes, (args.batch, args.size, args.size), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" \

@@ -1,8 +1,9 @@
 """Compute budget of a cell: training FLOPs and the GPU-hours they take at an assumed achieved rate.
 
 Used to size job requests (runtime on a cluster) and to tell users what a cell costs. FLOPs are the
-reference model's forward FLOPs at 512x512 (measured with torch.utils.flop_counter; deeplab.model),
-scaled by the crop's pixel count, times 3 for forward + backward, times the images the schedule shows.
+reference model's forward FLOPs at 512x512 as it trains (the auxiliary head included; measured with
+torch.utils.flop_counter, deeplab.model), scaled by the crop's pixel count, times 3 for forward + backward,
+times the images the schedule shows.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from deeplab.config import CellConfig, Params
-from deeplab.model import FORWARD_GFLOPS_512  # 21 classes; the head's class count changes it by < 0.1 %
+from deeplab.model import AUX_GFLOPS_512, FORWARD_GFLOPS_512  # 21 classes; the class count changes it by < 0.1 %
 # Achieved training rates assumed for planning: 12 % of each GPU's dense bf16 peak (H100 SXM 989 TFLOP/s,
 # A100 312 TFLOP/s). Anchors: ordinary PyTorch training of a BatchNorm convnet reaches about a tenth of the
 # peak; the best published convnet training, MLPerf ResNet-50 with a hand-tuned stack, stays under a fifth.
@@ -28,9 +29,10 @@ def training_images(config: CellConfig, num_train_images: int | None = None) -> 
 
 
 def training_flops(config: CellConfig, num_train_images: int | None = None) -> float:
-    """Forward + backward FLOPs of the whole schedule (3 x forward)."""
+    """Forward + backward FLOPs of the whole schedule (3 x the training forward, aux head included)."""
     height, width = config.data.crop_size
-    per_image = FORWARD_GFLOPS_512[(config.cell.backbone, config.cell.output_stride)] * 1e9
+    stride = config.cell.output_stride
+    per_image = (FORWARD_GFLOPS_512[(config.cell.backbone, stride)] + AUX_GFLOPS_512[stride]) * 1e9
     return training_images(config, num_train_images) * 3 * per_image * (height * width) / (512 * 512)
 
 
@@ -48,10 +50,10 @@ def cost_frame(params: Params, preset: str, measured: Mapping[str, float | None]
         rows.append({"cell": cell_id, "images seen": f"{training_images(config):,}",
                      "crop": "x".join(map(str, config.data.crop_size)),
                      "training PFLOP": f"{training_flops(config) / 1e15:,.0f}",
-                     **{f"{gpu} GPU-hours (assumed)": f"{gpu_hours(config, gpu):.1f}" for gpu in ACHIEVED_TFLOPS},
+                     **{f"{gpu} GPU-hours (assumed)": f"{estimated_gpu_hours(config, gpu):.1f}" for gpu in ACHIEVED_TFLOPS},
                      "measured GPU-hours": "-" if hours is None else f"{hours:.1f}",
                      "reference GPU-hours (its log)": "-" if theirs is None
-                     else f"{theirs:.1f} ({spent.seconds_per_iter:.2f} s/it x 8)"})
+                     else f"{theirs:.1f} ({spent.seconds_per_iter:.2f} s/it x {spent.gpus})"})
     total = sum(training_flops(params.resolve(c, preset)) for c in params.cells)
     rows.append({"cell": f"all {len(params.cells)}", "images seen": "", "crop": "",
                  "training PFLOP": f"{total / 1e15:,.0f}",
@@ -61,7 +63,7 @@ def cost_frame(params: Params, preset: str, measured: Mapping[str, float | None]
     return pd.DataFrame(rows)
 
 
-def gpu_hours(config: CellConfig, gpu: str = "H100", num_train_images: int | None = None) -> float:
+def estimated_gpu_hours(config: CellConfig, gpu: str = "H100", num_train_images: int | None = None) -> float:
     """GPU-hours of training at ``ACHIEVED_TFLOPS[gpu]`` (evaluation adds well under 1 %)."""
     if gpu not in ACHIEVED_TFLOPS:
         raise KeyError(f"no assumed rate for GPU '{gpu}'; known: {', '.join(ACHIEVED_TFLOPS)}")

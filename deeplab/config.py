@@ -25,7 +25,8 @@ from deeplab.paths import CellFiles, Paths, run_key
 
 DATASETS = ("voc", "ade20k", "cityscapes")
 BACKBONES = ("r50", "r101")
-OUTPUT_STRIDES = (8, 16)
+# Training settings that do not change the result: left out of a run's digest and of what makes it stale.
+NOT_RECIPE = ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch", "compile")
 PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "evaluate.yaml", "presets.yaml")
 
 
@@ -83,8 +84,6 @@ class ModelSettings:
     pretrained: Literal["imagenet", "none"]
     backbone_width: int
     aspp_channels: int
-    aspp_rates_os8: tuple[int, int, int]
-    aspp_rates_os16: tuple[int, int, int]
     low_level_channels: int
     decoder_channels: int
     dropout: float
@@ -97,9 +96,6 @@ class ModelSettings:
                 problems[key] = "must be positive"
         if self.backbone_width < 2 or self.backbone_width % 2:
             problems["backbone_width"] = "must be a positive even number of channels (64 = the ImageNet checkpoints)"
-        for key in ("aspp_rates_os8", "aspp_rates_os16"):
-            if min(getattr(self, key)) <= 0:
-                problems[key] = "atrous rates must be positive"
         if not 0 <= self.dropout < 1:
             problems["dropout"] = "must be in [0, 1)"
         return problems
@@ -209,6 +205,9 @@ class Preset:
     experiment: str
     synthetic: bool
     expect_official_counts: bool
+    readme: bool  # its results and memory plan are README.md's tables (one preset at most)
+    register_models: bool  # evaluation registers each cell's model in MLflow's registry
+    schedule_must_match_reference: bool  # a schedule of another length than the reference's log is an error
     seeds: Mapping[str, tuple[int, ...]]  # cell -> seeds to train; a cell not listed trains train.seed only
     overrides: Mapping[str, Any]
 
@@ -256,10 +255,10 @@ class CellConfig:
         """The prepared dataset this cell trains and is scored on."""
         return self.preset.paths.prepared_dir(self.cell.dataset)
 
-    @property
-    def aspp_rates(self) -> tuple[int, int, int]:
-        os8 = self.cell.output_stride == 8
-        return self.model.aspp_rates_os8 if os8 else self.model.aspp_rates_os16
+    def share(self, world: int | None = None) -> int:
+        """Images one process trains per iteration: the global batch over ``world`` processes (default:
+        the cell's GPUs)."""
+        return self.data.batch_size // (self.cell.gpus if world is None else world)
 
     def max_iters(self, num_train_images: int) -> int:
         """Iterations of the schedule, counted as the reference counts them.
@@ -283,10 +282,16 @@ class CellConfig:
 
     def digest(self) -> str:
         """sha256 of the resolved config, excluding knobs that do not change the result."""
-        data = self.to_dict()
-        for key in ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch", "compile"):
-            data["train"].pop(key)
-        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(json.dumps(recipe(self.to_dict()), sort_keys=True).encode()).hexdigest()
+
+    def changes_since(self, saved: Mapping[str, Any] | None) -> list[str]:
+        """What this config gives differently from a run's saved ``config.yaml`` (``saved``), one
+        ``key: then -> now`` line per recipe setting; one line saying so when the file is missing."""
+        if saved is None:
+            return ["its config.yaml is missing, and its digest is not that of params/"]
+        then, now = flatten(recipe(saved)), flatten(recipe(self.to_dict()))
+        return [f"{key}: {then.get(key, '(absent)')} -> {now.get(key, '(absent)')}"
+                for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
 
 
 @dataclass(frozen=True)
@@ -372,6 +377,10 @@ def load_params(params_dir: str | Path = "params") -> Params:
                for name, raw in _mapping(presets_doc, params_dir / "presets.yaml", ("presets",)).items()}
     if "full" not in presets:
         raise ParamsError(f"{params_dir / 'presets.yaml'}: presets: the 'full' preset is required")
+    readme = [name for name, preset in presets.items() if preset.readme]
+    if len(readme) > 1:
+        raise ParamsError(f"{_where(params_dir / 'presets.yaml', ('presets', readme[1], 'readme'))}: only one preset "
+                          f"can fill README.md's tables ({', '.join(readme)} say readme: true); keep one")
     params = Params(cells=types.MappingProxyType(cells), datasets=types.MappingProxyType(datasets),
                     model=model, train=train, evaluate=evaluate, presets=types.MappingProxyType(presets))
     for preset in presets:  # every override must still give a valid recipe
@@ -388,6 +397,24 @@ def load_params(params_dir: str | Path = "params") -> Params:
                                   f"{cell.gpus} GPUs cannot split the {cell.dataset} batch of {batch} "
                                   f"(preset {preset}); use a divisor of {batch}")
     return params
+
+
+def recipe(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A resolved config's fields that decide its result (what its digest covers), e.g. of config.yaml."""
+    data = {key: doc[key] for key in ("cell", "data", "model", "train", "evaluate", "preset", "extra_seed")}
+    data["train"] = {k: v for k, v in data["train"].items() if k not in NOT_RECIPE}
+    return data
+
+
+def flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"train.lr": 0.01, ...}``."""
+    result: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            result.update(flatten(value, f"{prefix}{key}."))
+        else:
+            result[f"{prefix}{key}"] = value
+    return result
 
 
 def _plain(value: Any) -> Any:

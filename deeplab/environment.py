@@ -111,3 +111,15 @@ def versions() -> dict[str, Any]:
     """The versions a checkpoint records: a resume under others is warned about (bit-equality is not promised)."""
     return {"torch": torch.__version__, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
+
+
+def git_state(project_root: str | Path) -> dict[str, Any]:
+    """Commit of the project checkout and whether tracked files differ from it (provenance)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=project_root, capture_output=True, text=True, timeout=20,
+                              check=True).stdout.strip()
+    try:
+        return {"git_commit": git("rev-parse", "HEAD"),
+                "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": "unknown (not a git checkout)", "git_dirty": None}

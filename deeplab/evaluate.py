@@ -44,8 +44,9 @@ def multi_scale(settings: EvalSettings) -> Protocol:
     return Protocol("multi-scale" + ("+flip" if settings.ms_flip else ""), settings.ms_ratios, settings.ms_flip)
 
 
-def sliding_window(crop: tuple[int, int], ratios: tuple[float, ...] = (1.0,), flip: bool = False) -> Protocol:
-    return Protocol("sliding-window" + ("+multi-scale+flip" if flip else ""), ratios, flip, crop)
+def sliding_window(crop: tuple[int, int]) -> Protocol:
+    """Crop-sized windows over the whole image at its test size (a third column some papers report)."""
+    return Protocol("sliding-window", window=crop)
 
 
 def _windows(length: int, crop: int, stride: int) -> list[int]:

@@ -1,58 +1,19 @@
-"""One cell's training job and evaluation job, and the evaluation of the reference's weights: the library
-verbs wired to the files and MLflow runs. The stage entry points (pipeline/train.py, pipeline/evaluate.py,
-pipeline/reference_eval.py) only parse arguments and call these.
-
-Files are the record: training writes ``config.yaml``, ``train_log.csv`` and the model; evaluation writes
-the pictures, DVC's views (``scores.json``, ``class_iou.csv``) and, last, ``metrics.json``, then logs the
-model to MLflow. MLflow mirrors them in one run per cell, which both jobs share. Where the reference's
-training log has been fetched, training checks its schedule against it and evaluation draws it as a yardstick.
+"""What a cell's training job and evaluation job share: the cell's MLflow run and its tags, and the
+reference's training log where it has been fetched. The jobs themselves are deeplab/train_job.py and
+deeplab/eval_job.py, apart so that each DVC stage depends on the code it runs and no more.
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
-import json
-import sys
-import time
-import warnings
 from pathlib import Path
-from typing import Any, Callable
 
-import pandas as pd
-import torch
-import yaml
-
-from deeplab import atomic, distributed, plots, reference, serving
-from deeplab.config import CellConfig, Params
+from deeplab import reference
+from deeplab.config import CellConfig
+from deeplab.datasets import manifest_hash
+from deeplab.environment import git_state
 from deeplab.paths import CellFiles
-from deeplab.data.sources import IMAGENET_WEIGHTS
-from deeplab.datasets import DatasetError, manifest_hash, read_meta, read_split
-from deeplab.environment import describe, freeze
-from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, SplitResult, evaluate_split, multi_scale,
-                              sliding_window, summarize)
-from deeplab.metrics import ConfusionMatrix
-from deeplab.model import build_model, load_trained
-from deeplab.predict import read_any_image
-from deeplab.precision import configure_backends, precision_name
-from deeplab.schedule import poly_lr
-from deeplab.tracking import Tracker, default_tracking_uri, git_state, metric_key
-from deeplab.train import Interrupted, cell_lock, train
+from deeplab.tracking import Tracker, default_tracking_uri
 
-GRID_SAMPLES = 4  # images in the predictions picture
 LOCK = "requirements.lock"  # the project's lock file, relative to the project root (the stages' cwd)
-ENV_TAGS = ("torch", "cuda", "cudnn", "device", "device_count", "gpu_name", "lock_matches", "lock_sha256")
-
-
-def record_environment(cfg: CellConfig, device: torch.device) -> dict[str, Any]:
-    """Append where this training runs to the run's environment file (a resume elsewhere adds an entry)
-    and write the installed packages beside it; return this machine's entry."""
-    env = describe(device, Path.cwd() / LOCK)
-    path = Path(cfg.files.environment)
-    entries = json.loads(path.read_text()) if path.is_file() else []
-    if not entries or entries[-1] != env:
-        atomic.write_json(path, entries + [env])
-    atomic.write_text(cfg.files.pip_freeze, freeze())
-    return env
 
 
 def tracker_for(cfg: CellConfig, enabled: bool = True, files: CellFiles | None = None) -> Tracker:
@@ -63,17 +24,6 @@ def tracker_for(cfg: CellConfig, enabled: bool = True, files: CellFiles | None =
                    cell_dir=(files or cfg.files).dir, project_root=root, enabled=enabled)
 
 
-def backbone_weights(cfg: CellConfig) -> Path | None:
-    """The ImageNet checkpoint of the cell's backbone, or None when the preset trains from scratch."""
-    if cfg.model.pretrained != "imagenet":
-        return None
-    path = Path(cfg.preset.paths.weights_dir()) / IMAGENET_WEIGHTS[cfg.cell.backbone].filename
-    if not path.is_file():
-        raise DatasetError(f"{path} not found: download the backbone weights first "
-                           f"(python -m pipeline.download --weights {cfg.cell.backbone} --preset {cfg.preset.name})")
-    return path
-
-
 def run_tags(cfg: CellConfig) -> dict[str, str]:
     git = git_state(Path.cwd())
     return {"cell": cfg.cell.id, "seed": str(cfg.train.seed), "dataset": cfg.cell.dataset,
@@ -82,250 +32,7 @@ def run_tags(cfg: CellConfig) -> dict[str, str]:
             "data_hash": manifest_hash(cfg.prepared_dir, cfg.data.train_split), "config_digest": cfg.digest()}
 
 
-def validator(cfg: CellConfig, ctx: distributed.Context, tracker: Tracker) -> Callable[[torch.nn.Module, int], None]:
-    """Periodic val mIoU (train.val_every): each rank scores its share, the matrices are summed."""
-    def validate(model: torch.nn.Module, iteration: int) -> None:
-        result = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
-                                spec=InputSpec.of(cfg, ctx.device), protocols=[SINGLE_SCALE], device=ctx.device,
-                                rank=ctx.rank, world=ctx.world)
-        matrix = ConfusionMatrix(cfg.data.num_classes, ctx.device)
-        matrix.merge(distributed.sum_tensor(ctx, result.matrices[SINGLE_SCALE.name].matrix))
-        tracker.log_metrics({"val_mIoU": matrix.compute()["mIoU"]}, iteration)
-    return validate
-
-
-def run_training(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
-    """Train the cell (resuming by itself) under its lock; return the model's path and the iterations."""
-    with cell_lock(cfg.files, enabled=ctx.is_main) as leftovers:
-        for path in leftovers:
-            print(f"removed {path}, left by a training process killed while writing it", file=sys.stderr)
-        return _train_locked(cfg, ctx)
-
-
-def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
-    files = cfg.files
-    max_iters = cfg.max_iters(len(read_split(cfg.prepared_dir, cfg.data.train_split)))
-    reference_schedule(cfg, max_iters)  # before any GPU time is spent
-    weights = backbone_weights(cfg)
-    env: dict[str, Any] = {}
-    if ctx.is_main:
-        doc = {**cfg.to_dict(), "digest": cfg.digest(), "max_iters": max_iters, "world_size": ctx.world}
-        atomic.write_text(files.config, yaml.safe_dump(doc, sort_keys=False))
-        env = record_environment(cfg, ctx.device)
-    tracker = tracker_for(cfg, enabled=ctx.is_main)
-    tracker.start(cfg.run_name, params=cfg.to_dict(),
-                  tags={**run_tags(cfg), **{f"env.{k}": str(env.get(k)) for k in ENV_TAGS}})
-    tracker.monitor_system()
-    try:
-        final = train(cfg, prepared_dir=cfg.prepared_dir, files=files, ctx=ctx, max_iters=max_iters,
-                      weights=weights, on_metrics=tracker.log_metrics, on_validate=validator(cfg, ctx, tracker))
-    except Interrupted:
-        tracker.end("KILLED")
-        raise
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    for path in (files.config, files.train_log, files.environment, files.pip_freeze):
-        tracker.log_artifact(path)
-    tracker.end("FINISHED")
-    return final, max_iters
-
-
 def reference_rows(cfg: CellConfig) -> list[dict[str, str]]:
     """The reference's parsed training log of the cell (pipeline.reference_eval wrote it), or none."""
     path = Path(cfg.preset.paths.reference_run(cfg.cell.id).reference_log)
     return reference.read_log_csv(path) if path.is_file() else []
-
-
-def reference_schedule(cfg: CellConfig, max_iters: int) -> bool:
-    """Our learning rate equals the reference's at every iteration its log has (an error otherwise); a
-    schedule of another length is an error in the full preset and not compared elsewhere."""
-    rows = reference_rows(cfg)
-    train = cfg.train
-    return bool(rows) and reference.check_schedule(
-        rows, max_iters, lambda k: poly_lr(k - 1, max_iters, lr=train.lr, min_lr=train.min_lr, power=train.poly_power),
-        strict=cfg.preset.name == "full")
-
-
-def protocols(cfg: CellConfig, multi: bool, sliding: bool) -> list[Protocol]:
-    """The table's single-scale protocol first, then the extra ones asked for."""
-    return [SINGLE_SCALE] + ([multi_scale(cfg.evaluate)] if multi else []) \
-        + ([sliding_window(cfg.data.crop_size)] if sliding else [])
-
-
-def run_evaluation(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None = None) -> dict[str, Any]:
-    """Score the cell's model on its val split; write the pictures and metrics.json; return its content."""
-    tracker = tracker_for(cfg)
-    tracker.start(cfg.run_name)  # in the background, while the split is scored
-    try:
-        doc, pictures = score(cfg, chosen, predictions_dir, tracker)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    mirror(tracker, doc, pictures)
-    write_dvc_views(cfg.files, doc)
-    atomic.write_json(cfg.files.metrics, doc)
-    tracker.log_artifact(cfg.files.metrics)
-    log_served_model(cfg, tracker)
-    tracker.end("FINISHED")
-    return doc
-
-
-def write_dvc_views(files: CellFiles, doc: dict[str, Any]) -> None:
-    """What DVC shows of a run: scores.json (headline numbers only, for ``dvc metrics show``) and
-    class_iou.csv (the classes present in the split, for ``dvc plots show``'s bar chart)."""
-    atomic.write_json(files.scores, {**{k: doc[k] for k in ("mIoU", "aAcc", "mAcc")},
-                                     **{f"mIoU_{name}": extra["mIoU"] for name, extra in doc["extra"].items()}})
-    rows = [(name, iou) for name, iou in doc["per_class_iou"].items() if iou is not None]
-    atomic.write_text(files.class_iou, pd.DataFrame(rows, columns=["class", "IoU"]).to_csv(index=False))
-
-
-def log_served_model(cfg: CellConfig, tracker: Tracker) -> None:
-    """The cell's model as an MLflow PyTorch model (deeplab.serving), on the CPU, with a val image as its
-    input example; the full preset's is registered too."""
-    cpu = torch.device("cpu")
-    model = serving.Segmenter(load_trained(cfg, Path(cfg.files.model), cpu), InputSpec.of(cfg, cpu))
-    first = read_split(cfg.prepared_dir, cfg.data.val_split)[0][0]
-    tracker.log_model(model, serving.input_example(read_any_image(first)),
-                      serving.registered_name(cfg))
-
-
-def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
-          tracker: Tracker) -> tuple[dict[str, Any], list[Path]]:
-    started = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    spec = InputSpec.of(cfg, device)
-    model = load_trained(cfg, Path(cfg.files.model), device)
-    if predictions_dir:
-        Path(predictions_dir).mkdir(parents=True, exist_ok=True)
-    scored, results, meta = score_split(cfg, model, spec, device, chosen, predictions_dir)
-    pictures = draw_pictures(cfg.files, f"{cfg.run_name} ({cfg.preset.name})", results[SINGLE_SCALE.name],
-                             scored.samples, meta["palette"], yardstick(cfg, tracker))
-    doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
-                           precision_name(spec.dtype))
-    training = Path(cfg.files.environment)
-    doc["environment"] = {"evaluation": describe(device, Path.cwd() / LOCK),
-                          "training": json.loads(training.read_text()) if training.is_file() else []}
-    return doc, pictures
-
-
-def score_split(cfg: CellConfig, model: torch.nn.Module, spec: InputSpec, device: torch.device,
-                chosen: list[Protocol], predictions_dir: str | None = None) -> tuple[SplitResult, dict, dict]:
-    """``model`` on the cell's val split under each protocol, with the backends set for ``spec``: the scored
-    split, the summary (metrics.json's numbers) per protocol, and the split's meta.json."""
-    configure_backends(spec.dtype, benchmark=cfg.data.eval_scale is None)  # native size: one shape, autotune
-    meta = read_meta(cfg.prepared_dir)
-    scored = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
-                            spec=spec, protocols=chosen, device=device,
-                            workers=min(cfg.train.workers, cfg.evaluate.max_workers),
-                            predictions_dir=predictions_dir, keep_samples=GRID_SAMPLES)
-    return scored, {p.name: summarize(scored.matrices[p.name], list(meta["classes"])) for p in chosen}, meta
-
-
-def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images: int, seconds: float,
-                     run_id: str | None, precision: str) -> dict[str, Any]:
-    """metrics.json: the single-scale numbers (the table's), the extra protocols, and provenance."""
-    main = results[SINGLE_SCALE.name]
-    fit = (f", keep-ratio resized to fit {list(cfg.data.eval_scale)}" if cfg.data.eval_scale else ", native size")
-    return {"cell": cfg.cell.id, "seed": cfg.train.seed, "preset": cfg.preset.name, "split": cfg.data.val_split,
-            "protocol": f"single-scale whole image{fit}, {precision}", "precision": precision,
-            **{k: main[k] for k in ("mIoU", "aAcc", "mAcc")}, "reference_mIoU": cfg.cell.reference_miou,
-            "per_class_iou": main["per_class_iou"], "per_class_acc": main["per_class_acc"],
-            "images": images, "seconds": round(seconds, 2),
-            "extra": {name: values for name, values in results.items() if name != SINGLE_SCALE.name},
-            "provenance": {**git_state(Path.cwd()), "data_manifest": manifest_hash(cfg.prepared_dir, cfg.data.val_split),
-                           "config_digest": cfg.digest(), "mlflow_run_id": run_id}}
-
-
-def draw_pictures(files: CellFiles, title: str, result: dict[str, Any], samples: list, palette: list,
-                  yardstick: list[dict[str, str]] | None = None) -> list[Path]:
-    """Per-class IoU bars, the prediction grid and, where the run has a training log, its learning curves."""
-    pictures = [plots.iou_bars(result["per_class_iou"], files.picture("iou_per_class"), f"{title}: val IoU"),
-                plots.prediction_grid(samples, palette, files.picture("predictions"), title)]
-    if Path(files.train_log).is_file():
-        pictures.append(plots.learning_curves(files.train_log, files.picture("learning_curves"), title,
-                                              reference=yardstick or None))
-    return pictures
-
-
-def yardstick(cfg: CellConfig, tracker: Tracker) -> list[dict[str, str]]:
-    """The reference's log rows when it trained this run's schedule: logged into the run at its iterations
-    (``reference/...``), and our loss compared with its (one warning when ours stays above its band)."""
-    rows, config = reference_rows(cfg), Path(cfg.files.config)
-    if not rows or not config.is_file() or not Path(cfg.files.train_log).is_file():
-        return []
-    if int(rows[0]["max_iters"]) != yaml.safe_load(config.read_text())["max_iters"]:
-        return []
-    for row in rows:
-        tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
-    with Path(cfg.files.train_log).open() as f:
-        ours = {int(r["iteration"]): float(r["loss"]) for r in csv.DictReader(f)}
-    start = reference.loss_stays_above(ours, rows)
-    if start is not None:
-        warnings.warn(f"{cfg.run_name}: from iteration {start} the training loss stayed more than "
-                      f"{reference.LOSS_BAND:.0%} above the reference's for {reference.LOSS_WINDOWS} log windows "
-                      f"({cfg.files.train_log} against its log): check the data and the recipe before the run "
-                      "goes on", RuntimeWarning, stacklevel=2)
-    return rows
-
-
-def mirror(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -> None:
-    metrics = {k: doc[k] for k in ("mIoU", "aAcc", "mAcc")}
-    metrics.update({f"iou/{metric_key(name)}": v for name, v in doc["per_class_iou"].items() if v is not None})
-    for name, extra in doc["extra"].items():
-        metrics[f"mIoU_{metric_key(name)}"] = extra["mIoU"]
-    tracker.log_metrics(metrics)
-    for picture in pictures:
-        tracker.log_artifact(picture, "pictures")
-
-
-# ------------------------------------------------------------------------------------ the reference's weights
-def reference_config(params: Params, cell_id: str, preset: str) -> CellConfig:
-    """The cell on ``preset``'s data, under the recipe's own model (the reference's architecture, whatever
-    the preset thins) and the reference's evaluation numerics (fp32, TF32 off)."""
-    cfg = params.resolve(cell_id, preset)
-    return dataclasses.replace(cfg, model=params.model, train=dataclasses.replace(cfg.train, precision="fp32"))
-
-
-def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict[str, Any]:
-    """Download the reference's checkpoint (and training log) of the cell, evaluate the weights with our
-    evaluation (single scale and multi-scale + flip), write the reference run's metrics.json, pictures and
-    parsed log, and mirror them to an MLflow run tagged as a reference evaluation."""
-    paths = cfg.preset.paths
-    files = paths.reference_run(cfg.cell.id)
-    Path(files.dir).mkdir(parents=True, exist_ok=True)
-    checkpoint = reference.fetch_asset(cfg.cell, "pth", Path(paths.reference_dir()), source)
-    log = reference.fetch_asset(cfg.cell, "log", Path(paths.reference_dir()), source)
-    log_rows = reference.write_log(reference.parse_log(log), Path(files.reference_log))
-    state = reference.load_checkpoint(checkpoint)
-    started = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(cfg, device)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
-        raise reference.ReferenceAssetError(f"{checkpoint}: its weights do not fit cell {cfg.cell.id} (e.g. another "
-                                            f"number of classes): {str(error).splitlines()[0]}") from None
-    spec = InputSpec.of(cfg, device)
-    tracker = tracker_for(cfg, files=files)
-    tracker.start(f"reference {cfg.cell.id}", params={"checkpoint": checkpoint.name},
-                  tags={**run_tags(cfg), "kind": "reference_evaluation"})
-    try:
-        scored, results, meta = score_split(cfg, model, spec, device, [SINGLE_SCALE, multi_scale(cfg.evaluate)])
-        pictures = draw_pictures(files, f"reference weights, {cfg.cell.id} ({cfg.preset.name})",
-                                 results[SINGLE_SCALE.name], scored.samples, meta["palette"])
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
-                           precision_name(spec.dtype))
-    doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
-    doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
-    mirror(tracker, doc, pictures)
-    for row in log_rows:  # its training curve, at its iterations
-        tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
-    atomic.write_json(files.metrics, doc)
-    tracker.log_artifact(files.metrics)
-    tracker.log_artifact(files.reference_log)
-    tracker.end("FINISHED")
-    return doc

@@ -20,10 +20,11 @@ from typing import Literal
 
 import torch
 
-from deeplab.config import CellConfig
+from deeplab.config import CellConfig, TrainSettings
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion
 from deeplab.model import deeplabv3plus
+from deeplab.schedule import build_optimizer
 
 GIB = 2**30
 RESERVED_GIB = 1.5     # CUDA context, cuDNN/cuBLAS workspaces: not tensors, not seen by the tracker
@@ -57,7 +58,6 @@ class ModelShape:
     num_classes: int
     crop: tuple[int, int]
     precision: Literal["fp32", "bf16"]
-    aspp_rates: tuple[int, int, int]
     aspp_channels: int = 512
     low_level_channels: int = 48
     decoder_channels: int = 512
@@ -67,7 +67,7 @@ class ModelShape:
     def of(cls, cfg: CellConfig, precision: Literal["fp32", "bf16"]) -> "ModelShape":
         model = cfg.model
         return cls(cfg.cell.backbone, cfg.cell.output_stride, cfg.data.num_classes, cfg.data.crop_size, precision,
-                   cfg.aspp_rates, model.aspp_channels, model.low_level_channels, model.decoder_channels,
+                   model.aspp_channels, model.low_level_channels, model.decoder_channels,
                    model.aux_channels)
 
 
@@ -81,17 +81,17 @@ def _tracker():  # noqa: ANN202
     return FakeTensorMode, MemTracker
 
 
-def predict_step(shape: ModelShape, micro_batch: int) -> StepMemory:
+def predict_step(shape: ModelShape, micro_batch: int, train: TrainSettings) -> StepMemory:
     """Peak memory of one steady-state training step of ``micro_batch`` images (at least 2: BatchNorm
-    after the ASPP's image pooling needs two)."""
+    after the ASPP's image pooling needs two), with the optimiser and loss weights of ``train``."""
     fake_mode, mem_tracker = _tracker()
     with fake_mode():
         torch.manual_seed(0)
         model = deeplabv3plus(backbone=shape.backbone, output_stride=shape.output_stride,
-                              num_classes=shape.num_classes, aspp_rates=shape.aspp_rates,
+                              num_classes=shape.num_classes,
                               aspp_channels=shape.aspp_channels, low_level_channels=shape.low_level_channels,
                               decoder_channels=shape.decoder_channels, aux_channels=shape.aux_channels).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        optimizer = build_optimizer(model, train)  # training's own: momentum buffers only where it has them
         images = torch.randn(micro_batch, 3, *shape.crop)
         labels = torch.randint(0, shape.num_classes, (micro_batch, *shape.crop), dtype=torch.uint8)
         tracker = mem_tracker()
@@ -103,7 +103,7 @@ def predict_step(shape: ModelShape, micro_batch: int) -> StepMemory:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=shape.precision == "bf16"):
                     outputs = model(images)
-                criterion(outputs, labels, aux_weight=0.4)["loss"].backward()
+                criterion(outputs, labels, aux_weight=train.aux_weight)["loss"].backward()
                 optimizer.step()
         return _breakdown(tracker.get_tracker_snapshot("peak"))
 
@@ -141,9 +141,9 @@ def fit_line(small: tuple[int, int], large: tuple[int, int]) -> Line:
 POINTS = (2, 4)  # the two micro-batches every line is fitted through
 
 
-def predicted_line(shape: ModelShape) -> Line:
+def predicted_line(shape: ModelShape, train: TrainSettings) -> Line:
     """Peak memory against micro-batch for ``shape``: the line through predictions at ``POINTS``."""
-    return fit_line(*((n, predict_step(shape, n).total) for n in POINTS))
+    return fit_line(*((n, predict_step(shape, n, train).total) for n in POINTS))
 
 
 def usable_bytes(gpu_gib: float) -> float:
@@ -161,5 +161,8 @@ def largest_fitting(line: Line, share: int, gpu_gib: float) -> int | None:
     return next((k for k in micro_batches(share) if line.at(k) <= usable_bytes(gpu_gib)), None)
 
 
-def accumulation(share: int, micro_batch: int) -> int:
-    return math.ceil(share / micro_batch)
+def accumulation_steps(share: int, max_micro_batch: int) -> int:
+    """Fewest equal micro-batches of at most ``max_micro_batch`` images that make up ``share``."""
+    if max_micro_batch <= 0 or max_micro_batch >= share:
+        return 1
+    return next(k for k in range(math.ceil(share / max_micro_batch), share + 1) if share % k == 0)

@@ -1,12 +1,12 @@
 """DeepLabV3+ (Chen et al., "Encoder-Decoder with Atrous Separable Convolution for Semantic Image
 Segmentation", ECCV 2018, arXiv:1802.02611), built exactly as the reference recipe (docs/recipe.md).
 
-    model = deeplabv3plus(backbone="r50", output_stride=8, num_classes=21, aspp_rates=(12, 24, 36))
+    model = deeplabv3plus(backbone="r50", output_stride=8, num_classes=21)
     model(images)["out"]   # (N, classes, H, W) logits at the input's size; "aux" too in training mode
     model = build_model(cell_config, device)   # the same, with every setting from params/
 
-Parameter counts and forward FLOPs of the reference are stored below as data and tested; the ASPP rates
-and channel widths are recipe numbers and live in params/model.yaml.
+Parameter counts and forward FLOPs of the reference are stored below as data and tested, and so are the
+ASPP's atrous rates, which the output stride fixes; the channel widths are recipe numbers in params/model.yaml.
 """
 from __future__ import annotations
 
@@ -19,12 +19,20 @@ from torch import nn
 
 from deeplab.backbone import ResNet, load_imagenet_weights
 from deeplab.config import CellConfig
-from deeplab.datasets import DatasetError
+from deeplab.errors import PipelineError
 
 # Reference parameter counts with 21 classes: (without aux head, with aux head).
 PARAMETER_COUNTS = {"r50": (41_226_213, 45_956_602), "r101": (60_218_341, 64_948_730)}
 # Reference forward GFLOPs at 512x512 (torch.utils.flop_counter), per (backbone, output stride).
 FORWARD_GFLOPS_512 = {("r50", 8): 352.4, ("r50", 16): 119.3, ("r101", 8): 507.5, ("r101", 16): 158.1}
+# ... of the auxiliary FCN head on layer3 (training only): 38.7 GFLOP at output stride 8, 9.7 at 16, any backbone.
+AUX_GFLOPS_512 = {8: 38.7, 16: 9.7}
+# The ASPP's atrous rates per output stride (the paper's: rates scale with the feature map's resolution).
+ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
+
+
+class ModelFileError(PipelineError):
+    """A trained model file is missing or was trained under another recipe; the message says what to do."""
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 1, dilation: int = 1, groups: int = 1) -> nn.Sequential:
@@ -115,7 +123,7 @@ class DeepLabV3Plus(nn.Module):
 
 
 def deeplabv3plus(*, backbone: Literal["r50", "r101"] = "r50", output_stride: Literal[8, 16] = 8,
-                  num_classes: int = 21, aspp_rates: Sequence[int], aux_loss: bool = True,
+                  num_classes: int = 21, aspp_rates: Sequence[int] | None = None, aux_loss: bool = True,
                   stem: Literal["deep", "standard"] = "deep", pretrained_backbone: str | Path | None = None,
                   aspp_channels: int = 512, low_level_channels: int = 48, decoder_channels: int = 512,
                   aux_channels: int = 512, dropout: float = 0.1, backbone_width: int = 64) -> DeepLabV3Plus:
@@ -128,7 +136,8 @@ def deeplabv3plus(*, backbone: Literal["r50", "r101"] = "r50", output_stride: Li
         aux_loss: build the auxiliary FCN head on layer3 (``aux_classifier``); used in training only.
         stem: ``"deep"`` (V1c, the recipe) or ``"standard"`` (7x7, for torchvision's ImageNet weights).
         pretrained_backbone: path to the ImageNet checkpoint of that backbone, loaded strictly.
-        aspp_rates: the three atrous rates: the recipe has (12, 24, 36) at OS8, (6, 12, 18) at OS16.
+        aspp_rates: the three atrous rates; default ``ASPP_RATES[output_stride]``, (12, 24, 36) at OS8 and
+            (6, 12, 18) at OS16.
         backbone_width: the ResNet's base width (64 = the recipe and the ImageNet checkpoints).
     """
     if num_classes < 1:
@@ -136,7 +145,8 @@ def deeplabv3plus(*, backbone: Literal["r50", "r101"] = "r50", output_stride: Li
     body = ResNet(backbone, output_stride, stem, backbone_width)
     if pretrained_backbone is not None:
         load_imagenet_weights(body, pretrained_backbone)
-    head = DeepLabV3PlusHead(num_classes, aspp_rates, in_channels=body.channels["layer4"],
+    rates = ASPP_RATES[output_stride] if aspp_rates is None else tuple(aspp_rates)
+    head = DeepLabV3PlusHead(num_classes, rates, in_channels=body.channels["layer4"],
                              low_level_in=body.channels["layer1"],
                              aspp_channels=aspp_channels, low_level_channels=low_level_channels,
                              decoder_channels=decoder_channels, dropout=dropout)
@@ -150,7 +160,7 @@ def build_model(cfg: CellConfig, device: torch.device, weights: str | Path | Non
     GPUs (gloo on CPU has no SyncBatchNorm: each process keeps its own statistics)."""
     model = deeplabv3plus(backbone=cfg.cell.backbone, output_stride=cfg.cell.output_stride,
                           num_classes=cfg.data.num_classes, aux_loss=True, stem=cfg.model.stem,
-                          pretrained_backbone=weights, aspp_rates=cfg.aspp_rates,
+                          pretrained_backbone=weights,
                           aspp_channels=cfg.model.aspp_channels, low_level_channels=cfg.model.low_level_channels,
                           decoder_channels=cfg.model.decoder_channels, aux_channels=cfg.model.aux_channels,
                           dropout=cfg.model.dropout, backbone_width=cfg.model.backbone_width)
@@ -163,11 +173,11 @@ def build_model(cfg: CellConfig, device: torch.device, weights: str | Path | Non
 def load_trained(cfg: CellConfig, path: Path, device: torch.device) -> DeepLabV3Plus:
     """A trained model of the cell, in eval mode; refused when it was trained under another resolved config."""
     if not path.is_file():
-        raise DatasetError(f"{path} not found: train the cell first (python -m pipeline.train --cell "
+        raise ModelFileError(f"{path} not found: train the cell first (python -m pipeline.train --cell "
                            f"{cfg.cell.id} --preset {cfg.preset.name})")
     saved = torch.load(path, map_location="cpu", weights_only=False)
     if saved.get("digest") != cfg.digest():
-        raise DatasetError(f"{path} was trained under a different resolved config than params/ gives now; "
+        raise ModelFileError(f"{path} was trained under a different resolved config than params/ gives now; "
                            "retrain the cell (delete the file) or restore the params it was trained with")
     model = build_model(cfg, device)
     model.load_state_dict(saved["state_dict"])

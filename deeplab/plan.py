@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 
 from deeplab.config import Params
-from deeplab.memory import (FRAGMENTATION, GIB, POINTS, RESERVED_GIB, Line, ModelShape, StepMemory, accumulation,
+from deeplab.model import ASPP_RATES
+from deeplab.memory import (FRAGMENTATION, GIB, POINTS, RESERVED_GIB, Line, ModelShape, StepMemory,
                             fit_line, largest_fitting, predict_step)
 
 PRECISIONS = ("bf16", "fp32")
@@ -27,13 +28,8 @@ END = "<!-- memory-plan:end -->"
 
 
 def entry_key(shape: ModelShape) -> dict[str, Any]:
-    return {**dataclasses.asdict(shape), "crop": list(shape.crop), "aspp_rates": list(shape.aspp_rates),
+    return {**dataclasses.asdict(shape), "crop": list(shape.crop), "aspp_rates": list(ASPP_RATES[shape.output_stride]),
             "torch": torch.__version__.split("+")[0]}
-
-
-def share(params: Params, cell_id: str, preset: str) -> int:
-    """Images one GPU runs per iteration: the global batch over the cell's GPUs."""
-    return params.dataset(params.cells[cell_id].dataset, preset).batch_size // params.cells[cell_id].gpus
 
 
 def build(params: Params, preset: str, cells: Iterable[str], stored: dict[str, Any] | None = None,
@@ -42,12 +38,13 @@ def build(params: Params, preset: str, cells: Iterable[str], stored: dict[str, A
     entries = dict((stored or {}).get("entries", {}))
     for cell_id in cells:
         for precision in PRECISIONS:
-            shape = ModelShape.of(params.resolve(cell_id, preset), precision)
+            cfg = params.resolve(cell_id, preset)
+            shape = ModelShape.of(cfg, precision)
             name = f"{cell_id}/{precision}"
             if entries.get(name, {}).get("key") == entry_key(shape):
                 continue
             progress(f"predicting {name} at micro-batches {', '.join(map(str, POINTS))}")
-            entries[name] = {"key": entry_key(shape), "points": [dataclasses.asdict(predict_step(shape, n))
+            entries[name] = {"key": entry_key(shape), "points": [dataclasses.asdict(predict_step(shape, n, cfg.train))
                                                                 for n in POINTS]}
     return {"reserved_gib": RESERVED_GIB, "fragmentation": FRAGMENTATION, "entries": entries}
 
@@ -76,7 +73,7 @@ def fits(entry: dict[str, Any], images: int, gpu_gib: float) -> str:
     micro = largest_fitting(line_of(entry), images, gpu_gib)
     if micro is None:
         return "-"
-    steps = accumulation(images, micro)
+    steps = images // micro  # micro divides the share
     return str(micro) if steps == 1 else f"{micro} x {steps}"
 
 
@@ -86,7 +83,7 @@ def frame(plan: dict[str, Any], params: Params, preset: str, gpu_sizes: Iterable
     (``reference``: cell -> deeplab.reference.Spent or None) the peak the reference's own log reports."""
     rows = []
     for cell_id in cells or params.cells:
-        images = share(params, cell_id, preset)
+        images = params.resolve(cell_id, preset).share()
         row = {"cell": cell_id, "images/GPU": images}
         for precision in PRECISIONS:
             entry = plan["entries"][f"{cell_id}/{precision}"]

@@ -199,7 +199,6 @@ def row_metrics(row: Mapping[str, str]) -> dict[str, float]:
     return {f"reference/{key}": float(row[key]) for key in CSV_FIELDS[2:] if row.get(key)}
 
 
-REFERENCE_GPUS = 8  # the reference trained every cell on 8 GPUs
 LOSS_BAND = 0.10    # our loss more than 10 % above the reference's ...
 LOSS_WINDOWS = 5    # ... at 5 consecutive shared log points: one warning
 
@@ -212,30 +211,33 @@ class ScheduleMismatch(ReferenceAssetError):
 class Spent:
     """What the reference's log says one cell cost it."""
 
-    seconds_per_iter: float | None  # median over the log's windows (8 GPUs together)
+    seconds_per_iter: float | None  # median over the log's windows (all its GPUs together)
     max_gpu_gb: float | None        # the largest max_gpu_alloc_GB it logged (per GPU, 2 images, fp32)
     max_iters: int
+    gpus: int = 8                   # GPUs it trained on (train.reference_replicas)
 
     @property
     def gpu_hours(self) -> float | None:
-        return None if self.seconds_per_iter is None else self.seconds_per_iter * self.max_iters * REFERENCE_GPUS / 3600
+        return None if self.seconds_per_iter is None else self.seconds_per_iter * self.max_iters * self.gpus / 3600
 
 
-def spent(path: Path) -> Spent | None:
-    """The cost recorded in a parsed reference log (deeplab.paths' ``reference_log``), None without one."""
+def spent(path: Path, gpus: int) -> Spent | None:
+    """The cost recorded in a parsed reference log (deeplab.paths' ``reference_log``) of a run on ``gpus``
+    GPUs, None without one."""
     if not path.is_file():
         return None
     rows = read_log_csv(path)
     seconds = sorted(float(r["seconds_per_iter"]) for r in rows if r["seconds_per_iter"])
     memory = [float(r["max_gpu_alloc_GB"]) for r in rows if r["max_gpu_alloc_GB"]]
     return Spent(seconds[len(seconds) // 2] if seconds else None, max(memory) if memory else None,
-                 int(rows[0]["max_iters"]))
+                 int(rows[0]["max_iters"]), gpus)
 
 
 def spent_by_cell(params: Any, preset: str, root: Path = Path(".")) -> dict[str, Spent | None]:
     """Per cell what the reference's parsed log (if fetched) says it spent."""
     paths = params.preset(preset).paths
-    return {cell: spent(root / paths.reference_run(cell).reference_log) for cell in params.cells}
+    return {cell: spent(root / paths.reference_run(cell).reference_log,
+                        params.resolve(cell, preset).train.reference_replicas) for cell in params.cells}
 
 
 def check_schedule(rows: list[dict[str, str]], max_iters: int, lr_used_at: Any, strict: bool) -> bool:

@@ -58,7 +58,7 @@ def input_example(image: torch.Tensor) -> np.ndarray:
 
 def registered_name(cfg: CellConfig) -> str | None:
     """The full preset's models go to the registry as ``deeplabv3plus-<cell>``; other presets' do not."""
-    return f"deeplabv3plus-{cfg.cell.id}" if cfg.preset.name == "full" else None
+    return f"deeplabv3plus-{cfg.cell.id}" if cfg.preset.register_models else None
 
 
 def requirements() -> list[str]:

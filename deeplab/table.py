@@ -7,6 +7,11 @@ Crop Size, Schedule, Train/Eval Set, mIoU, Download) plus the reference mIoU and
 frame is written as ``summary.csv`` (one row per cell) and its per-class IoU as ``per_class_iou.csv``
 (one row per run and class). A cell without metrics shows "-" in markdown and empty fields in the CSVs.
 
+Each row shows the recipe its run was trained with, from the run's own ``config.yaml``, not today's
+params (which only fill the rows of cells not yet run). A run whose config digest differs from what
+params/ now resolve to is *stale*: its mIoU carries "(stale)", summary.csv says so, and
+``python -m pipeline.table --check`` names it with each setting that differs. Nothing is relabelled.
+
 A cell trained with several seeds (``presets.<preset>.seeds``) shows the mean ± the sample standard
 deviation over its finished seeds and their number, ``77.90 ± 0.31% (n=3)``, or ``(n=2 of 3)`` while
 some still run; the difference to the reference is that of the mean.
@@ -21,8 +26,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+import yaml
 
-from deeplab.config import DATASETS, Params
+from deeplab.config import DATASETS, CellConfig, Params
 from deeplab.environment import summary
 from deeplab.errors import PipelineError
 from deeplab.paths import CellFiles
@@ -32,18 +38,27 @@ END = "<!-- results-table:end -->"
 BACKBONE_NAMES = {"r50": "ResNet50", "r101": "ResNet101"}
 PRETRAINED_NAMES = {"imagenet": "ImageNet", "none": "None"}
 POLICY = "poly"  # the recipe's only learning-rate policy (train.yaml: poly_power, min_lr)
+STALE_NOTE = ("(stale): trained under other params than params/ gives now; `python -m pipeline.table --preset "
+              "{preset} --check` lists what differs. Retrain the cell, or restore the params it was trained with.\n\n")
 HEADER = ("Backbone", "Crop Size", "Schedule", "Train/Eval Set", "mIoU", "Reference", "Diff", "Download")
 SUMMARY_COLUMNS = ("cell", "dataset", "backbone", "output_stride", "mIoU", "mIoU_std", "aAcc", "mAcc",
-                   "reference_mIoU", "diff", "seeds", "seeds_planned", "gpu_hours")
+                   "reference_mIoU", "diff", "seeds", "seeds_planned", "gpu_hours", "stale")
 
 
 @dataclass(frozen=True)
 class Finished:
-    """One evaluated run of a cell: its metrics.json, its files and seed (None: unknown, e.g. in a test)."""
+    """One evaluated run of a cell: its metrics.json, its files and seed (None: unknown, e.g. in a test),
+    its config.yaml (the recipe it was trained with) and what params/ now give differently (stale if any)."""
 
     doc: Mapping[str, Any]
     files: CellFiles | None = None
     seed: int | None = None
+    config: Mapping[str, Any] | None = None
+    changes: tuple[str, ...] = ()
+
+    @property
+    def stale(self) -> bool:
+        return bool(self.changes)
 
 
 Metrics = Mapping[str, list[Finished]]  # cell -> its evaluated runs (one per seed finished so far)
@@ -65,8 +80,26 @@ def read_metrics(root: Path, params: Params, preset: str) -> dict[str, list[Fini
         except json.JSONDecodeError as error:
             raise TableError(f"{path}: not valid JSON ({error}); rerun the evaluate stage of {run.run_name}") from error
         miou_percent(doc, path)  # fail here, naming the file, rather than mid-render
-        found[run.cell.id].append(Finished(doc, run.files, run.train.seed))
+        config = _read_config(root / run.files.config)
+        found[run.cell.id].append(Finished(doc, run.files, run.train.seed, config, tuple(changes(doc, config, run))))
     return found
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    try:
+        return yaml.safe_load(path.read_text()) if path.is_file() else None
+    except yaml.YAMLError as error:
+        raise TableError(f"{path}: not valid YAML ({error}); retrain the run or restore the file") from error
+
+
+def changes(doc: Mapping[str, Any], config: Mapping[str, Any] | None, run: CellConfig) -> list[str]:
+    """What params/ now give differently from the recipe a run was trained and scored under (nothing when its
+    metrics.json's config digest is today's; a metrics.json without one cannot be judged and is taken as is)."""
+    digest = doc.get("provenance", {}).get("config_digest")
+    if digest is None or digest == run.digest():
+        return []
+    return run.changes_since(config) or ["its config digest differs from that of params/ (same settings: "
+                                         "a change in how the digest is computed)"]
 
 
 def miou_percent(metrics: Mapping[str, Any], where: Path | str) -> float:
@@ -78,7 +111,7 @@ def miou_percent(metrics: Mapping[str, Any], where: Path | str) -> float:
     return float(value)
 
 
-def gpu_hours(train_log: Path, gpus: int) -> float | None:
+def measured_gpu_hours(train_log: Path, gpus: int) -> float | None:
     """Measured training cost: the logged windows' wall time (images / images per s) x GPUs, in hours;
     None when the cell has no training log (not trained here, or trained before logs had these columns)."""
     if not train_log.is_file():
@@ -99,14 +132,15 @@ def cell_frame(params: Params, preset: str, metrics: Metrics, root: Path = Path(
         runs = metrics.get(cell_id, [])
         mious = [miou_percent(run.doc, cell_id) for run in runs]
         mean = lambda key: statistics.fmean(run.doc[key] for run in runs) if runs else None  # noqa: E731
-        hours = [gpu_hours(root / run.files.train_log, cell.gpus) for run in runs if run.files is not None]
+        hours = [measured_gpu_hours(root / run.files.train_log, cell.gpus) for run in runs if run.files is not None]
         rows.append({"cell": cell_id, "dataset": cell.dataset, "backbone": cell.backbone,
                      "output_stride": cell.output_stride, "mIoU": mean("mIoU"),
                      "mIoU_std": statistics.stdev(mious) if len(mious) > 1 else None,
                      "aAcc": mean("aAcc"), "mAcc": mean("mAcc"), "reference_mIoU": cell.reference_miou,
                      "diff": mean("mIoU") - cell.reference_miou if runs else None, "seeds": len(runs),
                      "seeds_planned": len(params.seeds(cell_id, preset)),
-                     "gpu_hours": sum(hours) if hours and None not in hours else None})
+                     "gpu_hours": sum(hours) if hours and None not in hours else None,
+                     "stale": any(run.stale for run in runs)})
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
@@ -144,7 +178,8 @@ def render(params: Params, preset: str, metrics: Metrics, link_base: str, root: 
         table = shown.to_markdown(index=False, tablefmt="pipe", colalign=("center",) * len(HEADER),
                                   disable_numparse=True)
         where = measured_on([run for cell in rows["cell"] for run in metrics.get(cell, [])])
-        sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{where}{table}")
+        note = f"\n\n{STALE_NOTE.format(preset=preset).strip()}" if rows["stale"].any() else ""
+        sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{where}{table}{note}")
     return "\n\n".join(sections) + "\n"
 
 
@@ -162,14 +197,18 @@ def measured_on(runs: list[Finished]) -> str:
 
 def _row(params: Params, preset: str, row: Any, runs: list[Finished], link_base: str) -> tuple[str, ...]:
     config = params.resolve(row.cell, preset)
-    cell, data = config.cell, config.data
-    pretrained = PRETRAINED_NAMES[config.model.pretrained]
-    if config.preset.synthetic and config.model.pretrained == "imagenet":
+    cell = config.cell
+    trained = next((run.config for run in runs if run.config is not None), None)
+    recipe = trained or config.to_dict()  # the run's own recipe; today's params only for a cell not yet run
+    data, model = recipe["data"], recipe["model"]
+    pretrained = PRETRAINED_NAMES[model["pretrained"]]
+    if recipe["preset"]["synthetic"] and model["pretrained"] == "imagenet":
         pretrained = "Synthetic"  # the synthetic presets' backbone checkpoint is random, not ImageNet
     backbone = f"{BACKBONE_NAMES[cell.backbone]} (OS={cell.output_stride}, PRE={pretrained})"
-    crop = f"{data.crop_size[0]}x{data.crop_size[1]}"
-    schedule = f"LR/POLICY/BS/EPOCH: {_number(config.train.lr)}/{POLICY}/{data.batch_size}/{data.epochs}"
-    sets = f"{data.train_set_name}/{data.val_set_name}"
+    crop = f"{data['crop_size'][0]}x{data['crop_size'][1]}"
+    schedule = f"LR/POLICY/BS/EPOCH: {_number(recipe['train']['lr'])}/{POLICY}/{data['batch_size']}/{data['epochs']}"
+    sets = f"{data['train_set_name']}/{data['val_set_name']}"
+    stale = " (stale)" if row.stale else ""
     reference = f"{cell.reference_miou:.2f}%"
     if pd.isna(row.mIoU):
         return backbone, crop, schedule, sets, "-", reference, "-", "-"
@@ -177,10 +216,10 @@ def _row(params: Params, preset: str, row: Any, runs: list[Finished], link_base:
     download = " &#124; ".join(f"[{name}]({_link(path, config.preset.results_dir, link_base)})" for name, path
                                in (("cfg", files.config), ("model", files.model), ("log", files.train_log)))
     if row.seeds_planned == 1:
-        return backbone, crop, schedule, sets, f"{row.mIoU:.2f}%", reference, f"{row.diff:+.2f}", download
+        return backbone, crop, schedule, sets, f"{row.mIoU:.2f}%{stale}", reference, f"{row.diff:+.2f}", download
     spread = f" ± {row.mIoU_std:.2f}" if row.seeds > 1 else ""
     count = f"n={row.seeds}" + (f" of {row.seeds_planned}" if row.seeds < row.seeds_planned else "")
-    return (backbone, crop, schedule, sets, f"{row.mIoU:.2f}{spread}% ({count})", reference,
+    return (backbone, crop, schedule, sets, f"{row.mIoU:.2f}{spread}% ({count}){stale}", reference,
             f"{row.diff:+.2f}{spread}", download)
 
 

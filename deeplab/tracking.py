@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deeplab import atomic
+from deeplab.config import flatten as config_flatten
 from deeplab.paths import CellFiles
 # MLflow 3's UI files experiments without this tag under "GenAI / Evaluation runs"; these train models.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
@@ -45,15 +46,10 @@ def artifact_root(uri: str, project_root: str | Path) -> str | None:
     return (Path(project_root).resolve() / "mlartifacts").as_uri()
 
 
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+def flatten(config: Mapping[str, Any]) -> dict[str, str]:
     """Nested config -> ``{"train.lr": "0.01", ...}`` (MLflow params are strings)."""
-    flat: dict[str, str] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
-    return flat
+    return {key: json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            for key, value in config_flatten(config).items()}
 
 
 def _mlflow() -> Any:
@@ -243,20 +239,6 @@ def _retry_locked(fn: Any, *args: Any, **kwargs: Any) -> Any:
                 raise
             time.sleep(LOCKED_BACKOFF_S * 2 ** attempt)
     raise AssertionError("unreachable")
-
-
-def git_state(project_root: str | Path) -> dict[str, Any]:
-    """Commit of the project checkout and whether tracked files differ from it (provenance)."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=project_root, capture_output=True, text=True, timeout=20,
-                              check=True).stdout.strip()
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"),
-                "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.SubprocessError):
-        return {"git_commit": "unknown (not a git checkout)", "git_dirty": None}
 
 
 def metric_key(name: str) -> str:

@@ -32,7 +32,7 @@ from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.environment import versions
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion, image_weights, valid_pixels
-from deeplab.memory import ModelShape, predicted_line
+from deeplab.memory import ModelShape, accumulation_steps, predicted_line
 from deeplab.model import build_model
 from deeplab.paths import CellFiles
 from deeplab.precision import configure_backends, resolve_precision
@@ -59,40 +59,27 @@ class Interrupted(PipelineError):
         self.exit_code = 128 + signum
 
 
-def accumulation_steps(share: int, max_micro_batch: int) -> int:
-    """Fewest equal micro-batches of at most ``max_micro_batch`` images that make up ``share``."""
-    if max_micro_batch <= 0 or max_micro_batch >= share:
-        return 1
-    return next(k for k in range(math.ceil(share / max_micro_batch), share + 1) if share % k == 0)
-
-
-def rank_share(cfg: CellConfig, ctx: Context) -> int:
-    """Images this rank trains on per iteration: its part of the global batch."""
-    return cfg.data.batch_size // ctx.world
-
-
 def micro_batch_for(cfg: CellConfig, ctx: Context, model: nn.Module, dtype: torch.dtype | None,
                     memory: Memory | None = None) -> int:
     """Images per forward pass on this rank: from ``train.max_micro_batch``, or found by auto-fit (a GPU,
     or the ``memory`` a test pretends); on a CPU ``auto`` is the whole share."""
-    share = rank_share(cfg, ctx)
+    share = cfg.share(ctx.world)
     setting = cfg.train.max_micro_batch
     if setting != "auto":
         return share // accumulation_steps(share, setting)
     if memory is None and ctx.device.type != "cuda":
         return share
     memory = memory or CudaMemory(model, cfg, ctx.device, dtype)
-    return choose(share, memory, predicted_line(ModelShape.of(cfg, "fp32" if dtype is None else "bf16")),
+    return choose(share, memory, predicted_line(ModelShape.of(cfg, "fp32" if dtype is None else "bf16"), cfg.train),
                   log=print if ctx.is_main else lambda line: None)
 
 
-def make_loader(cfg: CellConfig, prepared_dir: str | Path, ctx: Context, start: int, stop: int,
-                micro_batch: int) -> DataLoader:
+def make_loader(cfg: CellConfig, ctx: Context, start: int, stop: int, micro_batch: int) -> DataLoader:
     """This rank's micro-batches of ``micro_batch`` images for iterations start..stop-1, decoded and
     augmented by the workers."""
     data = cfg.data
-    dataset = TrainDataset(prepared_dir, data.train_split, Augmentation.of(cfg), data.num_classes)
-    accumulation = rank_share(cfg, ctx) // micro_batch
+    dataset = TrainDataset(cfg.prepared_dir, data.train_split, Augmentation.of(cfg), data.num_classes)
+    accumulation = cfg.share(ctx.world) // micro_batch
     sampler = GlobalBatchSampler(len(dataset), data.batch_size, seed=cfg.train.seed, start=start, stop=stop,
                                  rank=ctx.rank, world=ctx.world, accumulation=accumulation)
     workers = cfg.train.workers
@@ -116,7 +103,7 @@ def device_batch(batch: dict[str, torch.Tensor], device: torch.device,
 def reference_groups(cfg: CellConfig, ctx: Context) -> tuple[int, torch.Tensor]:
     """The reference's split of the global batch into ``G`` per-GPU groups of consecutive images, and the
     group of each image of this rank's share (in the sampler's slot order)."""
-    batch, share = cfg.data.batch_size, rank_share(cfg, ctx)
+    batch, share = cfg.data.batch_size, cfg.share(ctx.world)
     count = math.gcd(batch, cfg.train.reference_replicas)
     return count, torch.arange(ctx.rank * share, (ctx.rank + 1) * share) // (batch // count)
 
@@ -321,7 +308,7 @@ class BufferBackup:
 
 def _after_oom(state: State, cfg: CellConfig, ctx: Context) -> int:
     """The micro-batch to retry with after running out of memory (single-GPU jobs only)."""
-    retry = smaller(rank_share(cfg, ctx), state.micro_batch)
+    retry = smaller(cfg.share(ctx.world), state.micro_batch)
     if ctx.distributed or retry is None:
         raise OutOfMemory(f"out of memory at iteration {state.iteration + 1} with a micro-batch of "
                           f"{state.micro_batch} images{' under DDP' if ctx.distributed else ''}; set "
@@ -338,7 +325,7 @@ def run_iterations(state: State, loader_for: Callable[[int, int], DataLoader], c
                    on_validate: Callable[[int], None], dtype: torch.dtype | None) -> None:
     """The loop: one optimiser step per iteration; log, check, checkpoint, validate at their periods. A
     step that runs out of memory is retried with a smaller micro-batch (same images, same gradient)."""
-    accumulation = rank_share(cfg, ctx) // state.micro_batch
+    accumulation = cfg.share(ctx.world) // state.micro_batch
     batches: Iterator[dict[str, torch.Tensor]] = iter(loader_for(state.iteration, state.micro_batch))
     window, t = Window(ctx.device), cfg.train
     backup = None if ctx.distributed else BufferBackup(state.model)  # DDP cannot retry a step: no copies
@@ -354,7 +341,7 @@ def run_iterations(state: State, loader_for: Callable[[int, int], DataLoader], c
                 del micro
                 state.micro_batch = _after_oom(state, cfg, ctx)  # raises under DDP
                 backup.restore()
-                accumulation = rank_share(cfg, ctx) // state.micro_batch
+                accumulation = cfg.share(ctx.world) // state.micro_batch
                 batches = iter(loader_for(state.iteration, state.micro_batch))
                 continue
             window.add(losses, state.iteration, sum(len(m["label"]) for m in micro))
@@ -393,13 +380,13 @@ def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) ->
                  "config": cfg.to_dict(), "iteration": iteration}, path)
 
 
-def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: Context, max_iters: int,
-          weights: str | Path | None = None, on_metrics: Logger = lambda m, s: None,
-          on_validate: Callable[[nn.Module, int], None] = lambda model, it: None,
+def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None,
+          on_metrics: Logger = lambda m, s: None, on_validate: Callable[[nn.Module, int], None] = lambda model, it: None,
           memory: Memory | None = None) -> Path:
-    """Train one cell into ``files`` (resuming from its checkpoint if present); return the path of the
-    final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points. The caller
+    """Train one run into its files (``cfg.files``, from the prepared data at ``cfg.prepared_dir``), resuming
+    from its checkpoint if present; return the path of the final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points. The caller
     holds the cell's lock (:func:`cell_lock`), so no second copy writes the same files."""
+    files = cfg.files
     checkpoint = Path(files.checkpoint)
     dtype = resolve_precision(cfg.train.precision, ctx.device)
     configure_backends(dtype, deterministic=cfg.train.deterministic)
@@ -419,7 +406,7 @@ def train(cfg: CellConfig, *, prepared_dir: str | Path, files: CellFiles, ctx: C
     log.open(state.iteration)
     state.model.train()
     state.micro_batch = micro_batch_for(cfg, ctx, state.bare_model(), dtype, memory)
-    run_iterations(state, lambda start, micro: make_loader(cfg, prepared_dir, ctx, start, max_iters, micro), cfg, ctx,
+    run_iterations(state, lambda start, micro: make_loader(cfg, ctx, start, max_iters, micro), cfg, ctx,
                    max_iters, checkpoint, log, on_metrics, lambda it: _validate(state, on_validate, it), dtype)
     final = Path(files.model)
     if ctx.is_main:

@@ -9,7 +9,6 @@ GPUs (a CPU host) or inside a SLURM job the command runs as is. Snakefile and dv
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,12 +27,11 @@ def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     own, job = split_argv(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="python -m pipeline.gpu_slot", description=__doc__.splitlines()[0],
-                                     usage="%(prog)s (--gpus N | --cell ID) (-m MODULE ... | -- COMMAND ...)")
+    parser = stage.parser("gpu_slot", __doc__, preset=False,
+                          usage="%(prog)s (--gpus N | --cell ID) (-m MODULE ... | -- COMMAND ...)")
     count = parser.add_mutually_exclusive_group(required=True)
     count.add_argument("--gpus", type=int, help="GPU slots the job needs")
     count.add_argument("--cell", help="take the GPU count of this cell from params/cells.yaml")
-    parser.add_argument("--params", default="params", help="parameter folder (with --cell)")
     parser.add_argument("--lock-dir", type=Path, default=None,
                         help=f"folder of the slot lock files (default {default_lock_dir()})")
     parser.add_argument("--poll", type=float, default=2.0, help="seconds between tries while GPUs are busy")

@@ -1,39 +1,37 @@
 """Stage: predict every cell's GPU memory on any machine (fake tensors, seconds per configuration).
 
-    python -m pipeline.plan [--preset full] [--cell CELL ...] [--gpu-memory 24,40,80] [--write | --check]
-    python -m pipeline.plan --backbone r50 --output-stride 8 --classes 21 --crop 512x512 --micro-batch 4 --precision bf16
+    python -m pipeline.plan --preset full [--cell CELL ...] [--gpu-memory 24,40,80] [--check]
+    python -m pipeline.plan --preset full --backbone r50 --output-stride 8 --classes 21 --crop 512x512 --micro-batch 4 --precision bf16
 
 Prints, per cell and precision (bf16, fp32), the predicted peak of one training step at its whole per-GPU
 share split into parameters, gradients, optimiser state and activations, and for each GPU size the largest
-micro-batch that fits with the gradient accumulation it implies (margins: deeplab.memory). ``--write``
-stores the plan (results/memory_plan.json) and the README's memory table; ``--check`` verifies both
-without predicting. The free configuration prints that configuration's peak in GiB as its last line.
+micro-batch that fits with the gradient accumulation it implies (margins: deeplab.memory), and stores the
+plan (results/memory_plan.json) and, for the preset whose results README.md shows, its memory table;
+``--check`` verifies both without predicting. The free configuration (with the preset's optimiser) prints
+that configuration's peak in GiB as its last line and writes nothing.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from deeplab import atomic, plan, reference
-from deeplab.config import BACKBONES, Params, load_params
+from deeplab import plan, reference
+from deeplab.config import BACKBONES, Params
 from deeplab.memory import GIB, ModelShape, predict_step
-from deeplab.table import TableError, replace_block
+from deeplab.table import replace_block
 from pipeline import stage
 
 README = Path("README.md")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.plan", description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="full", help="preset of params/presets.yaml (default: full)")
-    parser.add_argument("--params", default="params", help="folder of the parameter files (default: params)")
+    parser = stage.parser("plan", __doc__)
     parser.add_argument("--cell", action="append", help="only this cell (repeatable; default: every cell)")
     parser.add_argument("--gpu-memory", default="24,40,80", help="GPU sizes in GiB, comma-separated")
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="store the plan and README's memory table")
-    mode.add_argument("--check", action="store_true", help="write nothing; exit 1 if either is out of date")
+    stage.add_check(parser)
     free = parser.add_argument_group("one free configuration (all six needed)")
     free.add_argument("--backbone", choices=BACKBONES)
     free.add_argument("--output-stride", type=int, choices=(8, 16))
@@ -45,10 +43,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def free_configuration(args: argparse.Namespace) -> None:
-    rates = load_params(args.params).resolve(f"voc-r50-os{args.output_stride}").aspp_rates
+    params = stage.params(args)
+    train = params.resolve(next(iter(params.cells)), args.preset).train  # the preset's optimiser and loss
     height, width = (int(v) for v in args.crop.lower().split("x"))
-    shape = ModelShape(args.backbone, args.output_stride, args.classes, (height, width), args.precision, rates)
-    memory = predict_step(shape, args.micro_batch)
+    shape = ModelShape(args.backbone, args.output_stride, args.classes, (height, width), args.precision)
+    memory = predict_step(shape, args.micro_batch, train)
     print(", ".join(f"{k} {v:.2f} GiB" for k, v in memory.gib().items()))
     print(f"{memory.total / GIB:.2f}")
 
@@ -65,21 +64,20 @@ def cell_plan(args: argparse.Namespace) -> int:
     shown = plan.frame(built, params, args.preset, sizes, cells)
     print(shown.to_markdown(index=False, tablefmt="pipe", disable_numparse=True))
     for cell in cells:
-        images = plan.share(params, cell, args.preset)
+        images = params.resolve(cell, args.preset).share()
         for precision in plan.PRECISIONS:
             split = plan.at_share(built["entries"][f"{cell}/{precision}"], images).gib()
             print(f"{cell} {precision} at {images} images/GPU: " + ", ".join(f"{k} {v} GiB" for k, v in split.items()))
-    if args.write:
-        atomic.write_json(path, built, sort_keys=True)
-        if args.preset == "full":  # only the full preset's plan is README's table
-            atomic.write_text(README, readme_with(built, params))
-        print(f"pipeline.plan: wrote {path}" + (f" and {README}" if args.preset == "full" else ""))
+    files = {path: json.dumps(built, indent=2, sort_keys=True) + "\n"}
+    if params.preset(args.preset).readme:
+        files[README] = readme_with(built, params, args.preset)
+    stage.write_or_check("plan", files, False, "")
     return 0
 
 
-def readme_with(built: dict[str, Any], params: Params) -> str:
-    """README.md with its memory table rendered from the full preset's plan ``built``."""
-    block = plan.render(built, params, "full", reference.spent_by_cell(params, "full"))
+def readme_with(built: dict[str, Any], params: Params, preset: str) -> str:
+    """README.md with its memory table rendered from the plan ``built`` of ``preset`` (the README's)."""
+    block = plan.render(built, params, preset, reference.spent_by_cell(params, preset))
     return replace_block(README.read_text(), block, README, plan.BEGIN, plan.END)
 
 
@@ -87,16 +85,17 @@ def check(params: Params, preset: str, stored: dict[str, Any] | None, path: Path
     missing = plan.stale(stored or {}, params, preset)
     if missing:
         raise StalePlan(f"{path}: no current prediction for {', '.join(missing[:4])}"
-                        f"{' ...' if len(missing) > 4 else ''}; run `python -m pipeline.plan --preset {preset} --write`")
-    if preset == "full":
-        if readme_with(stored, params) != README.read_text():
-            raise StalePlan(f"{README}: the memory table differs from {path}; run `python -m pipeline.plan --write`")
+                        f"{' ...' if len(missing) > 4 else ''}; run `python -m pipeline.plan --preset {preset}`")
+    if params.preset(preset).readme:
+        if readme_with(stored, params, preset) != README.read_text():
+            raise StalePlan(f"{README}: the memory table differs from {path}; run `python -m pipeline.plan "
+                            f"--preset {preset}`")
     print(f"pipeline.plan: {path} up to date")
     return 0
 
 
-class StalePlan(TableError):
-    exit_code = 1
+class StalePlan(stage.StaleOutput):
+    pass
 
 
 def main(argv: list[str] | None = None) -> int:

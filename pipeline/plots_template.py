@@ -10,10 +10,8 @@ installing. The file is generated, never committed: it is some 900 kB of third-p
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from deeplab import atomic
 from deeplab.errors import PipelineError
 from deeplab.paths import DVC_PLOTS_TEMPLATE
 from pipeline import stage
@@ -38,10 +36,6 @@ PAGE = """<!DOCTYPE html>
 """  # {refresh_tag} and {plot_divs} are DVC's placeholders; {scripts}, its CDN tags, is left out
 
 
-class StaleTemplate(PipelineError):
-    exit_code = 1
-
-
 def render() -> str:
     """The page, the libraries inlined in a function scope (their top-level names stay out of the page's
     globals; the bundle itself sets window.vegaEmbed, vega and vegaLite, which DVC's plot divs call)."""
@@ -54,19 +48,13 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.plots_template", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the file is out of date")
+    parser = stage.parser("plots_template", __doc__, preset=False, params=False)
+    stage.add_check(parser)
     args = parser.parse_args(argv)
 
     def work() -> None:
-        path, text = Path(DVC_PLOTS_TEMPLATE), render()
-        if args.check:
-            if not path.is_file() or path.read_text() != text:
-                raise StaleTemplate(f"{path}: missing or out of date; run python -m pipeline.plots_template")
-            print(f"pipeline.plots_template: {path} up to date")
-            return
-        atomic.write_text(path, text)
-        print(f"pipeline.plots_template: wrote {path} ({len(text) // 1024} kB)")
+        stage.write_or_check("plots_template", {Path(DVC_PLOTS_TEMPLATE): render()}, args.check,
+                             "python -m pipeline.plots_template")
     return stage.run("plots_template", work)
 
 

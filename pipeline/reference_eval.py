@@ -18,15 +18,10 @@ import json
 import os
 from pathlib import Path
 
-from deeplab import atomic
 from deeplab.config import Params
 from deeplab.errors import PipelineError
-from deeplab.jobs import reference_config, run_reference_evaluation
+from deeplab.eval_job import reference_config, run_reference_evaluation
 from pipeline import stage
-
-
-class StaleTable(PipelineError):
-    exit_code = 1
 
 
 def render(params: Params, preset: str) -> str:
@@ -58,21 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", default=os.environ.get("DEEPLAB_MIRROR") or None,
                         help="folder or URL base holding the reference's files under their release names; only it "
                              "is used (default: $DEEPLAB_MIRROR, else the reference's model store)")
-    parser.add_argument("--check", action="store_true", help="with --table: write nothing, exit 1 if stale")
+    stage.add_check(parser)
     args = parser.parse_args(argv)
 
     def work() -> None:
         params = stage.params(args)
         if args.table:
-            path, text = Path(params.preset(args.preset).paths.reference_table()), render(params, args.preset)
-            if args.check:
-                if not path.is_file() or path.read_text() != text:
-                    raise StaleTable(f"{path} is out of date; run python -m pipeline.reference_eval --table "
-                                     f"--preset {args.preset}")
-                return
-            atomic.write_text(path, text)
-            print(f"pipeline.reference_eval: wrote {path}")
+            files = {Path(params.preset(args.preset).paths.reference_table()): render(params, args.preset)}
+            stage.write_or_check("reference_eval", files, args.check,
+                                 f"python -m pipeline.reference_eval --table --preset {args.preset}")
             return
+        if args.check:
+            raise PipelineError("--check goes with --table (the generated reference.md); an evaluation always runs")
         doc = run_reference_evaluation(reference_config(params, args.cell, args.preset), args.source)
         multi = doc["extra"]["multi-scale+flip"]["mIoU"]
         print(f"pipeline.reference_eval: {args.cell}: the reference's weights score mIoU {doc['mIoU']:.2f} here "

@@ -11,15 +11,13 @@ after writing a checkpoint.
 from __future__ import annotations
 
 from deeplab import distributed
-from deeplab.jobs import run_training
+from deeplab.train_job import run_training
 from pipeline import stage
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage.parser("train", __doc__)
-    parser.add_argument("--cell", required=True, help="cell id, e.g. voc-r50-os8 (params/cells.yaml)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="one of the cell's seeds (presets.<preset>.seeds; default: train.seed)")
+    stage.add_run(parser)
     args = parser.parse_args(argv)
 
     def work() -> None:

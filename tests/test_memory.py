@@ -16,7 +16,7 @@ from deeplab.memory import GIB, Line, MemoryPlanError, ModelShape, fit_line, lar
 from tests.train_fixtures import ROOT
 
 PARAMS = load_params(ROOT / "params")
-OS8 = PARAMS.resolve("voc-r50-os8").aspp_rates
+TRAIN = PARAMS.train  # the recipe's optimiser and loss weights
 # mmsegmentation's DeepLabV3+ README (torch.cuda.max_memory_allocated on V100, fp32, output stride 8):
 # (backbone, classes, crop, images per GPU) -> GB
 PUBLISHED = {("r50", 19, (512, 1024), 2): 7.5, ("r101", 19, (512, 1024), 2): 11.0,
@@ -28,19 +28,19 @@ PUBLISHED = {("r50", 19, (512, 1024), 2): 7.5, ("r101", 19, (512, 1024), 2): 11.
 @pytest.mark.parametrize("setting", sorted(PUBLISHED), ids=lambda s: f"{s[0]}-{s[1]}cls-{s[2][1]}-x{s[3]}")
 def test_predictions_match_published_measurements(setting: tuple) -> None:
     backbone, classes, crop, images = setting
-    predicted = predict_step(ModelShape(backbone, 8, classes, crop, "fp32", OS8), images).total / GIB
+    predicted = predict_step(ModelShape(backbone, 8, classes, crop, "fp32"), images, TRAIN).total / GIB
     assert predicted == pytest.approx(PUBLISHED[setting], rel=0.10)
 
 
 def test_peak_memory_is_linear_in_the_micro_batch() -> None:
     """Two predictions give the line; a third micro-batch lands on it within 2 %."""
-    shape = ModelShape("r50", 16, 21, (256, 256), "bf16", PARAMS.resolve("voc-r50-os16").aspp_rates)
-    line = fit_line(*((n, predict_step(shape, n).total) for n in (2, 4)))
-    assert predict_step(shape, 8).total == pytest.approx(line.at(8), rel=0.02)
+    shape = ModelShape("r50", 16, 21, (256, 256), "bf16")
+    line = fit_line(*((n, predict_step(shape, n, TRAIN).total) for n in (2, 4)))
+    assert predict_step(shape, 8, TRAIN).total == pytest.approx(line.at(8), rel=0.02)
 
 
 def test_the_breakdown_adds_up_and_counts_momentum() -> None:
-    memory = predict_step(ModelShape("r50", 16, 21, (128, 128), "fp32", OS8), 2)
+    memory = predict_step(ModelShape("r50", 16, 21, (128, 128), "fp32"), 2, TRAIN)
     assert memory.parameters + memory.gradients + memory.optimizer + memory.activations == memory.total
     assert memory.optimizer >= 0.95 * memory.parameters  # SGD's momentum: a buffer per weight, at least
 
@@ -58,20 +58,22 @@ def test_a_missing_tracker_names_the_torch_version(monkeypatch: pytest.MonkeyPat
     import torch
     monkeypatch.setitem(sys.modules, "torch.distributed._tools.mem_tracker", None)
     with pytest.raises(MemoryPlanError, match=re.escape(f"torch {torch.__version__} has no fake-tensor memory tracker")):
-        predict_step(ModelShape("r50", 16, 21, (64, 64), "fp32", OS8), 2)
+        predict_step(ModelShape("r50", 16, 21, (64, 64), "fp32"), 2, TRAIN)
 
 
-def test_the_free_configuration_prints_one_number_last() -> None:
-    result = subprocess.run([sys.executable, "-m", "pipeline.plan", "--backbone", "r50", "--output-stride", "16",
-                             "--classes", "19", "--crop", "64x128", "--micro-batch", "2", "--precision", "bf16"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+def test_the_free_configuration_prints_its_peak_last() -> None:
+    """The last line is that configuration's predicted peak in GiB, with the preset's optimiser."""
+    result = subprocess.run([sys.executable, "-m", "pipeline.plan", "--preset", "full", "--backbone", "r50",
+                             "--output-stride", "16", "--classes", "19", "--crop", "64x128", "--micro-batch", "2",
+                             "--precision", "bf16"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert 0 < float(result.stdout.strip().splitlines()[-1]) < 2
+    expected = predict_step(ModelShape("r50", 16, 19, (64, 128), "bf16"), 2, TRAIN).total / GIB
+    assert result.stdout.strip().splitlines()[-1] == f"{expected:.2f}"
 
 
 def test_the_stored_plan_and_readme_table_are_current() -> None:
     """README's memory table renders the stored plan, whose predictions match params: no prediction runs."""
-    result = subprocess.run([sys.executable, "-m", "pipeline.plan", "--check"], cwd=ROOT, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "pipeline.plan", "--preset", "full", "--check"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
@@ -80,7 +82,7 @@ def test_check_fails_when_params_change_or_the_table_is_edited(tmp_path: Path) -
     for name in ("params", "results"):
         shutil.copytree(ROOT / name, tmp_path / name)
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
-    check = [sys.executable, "-m", "pipeline.plan", "--check"]
+    check = [sys.executable, "-m", "pipeline.plan", "--preset", "full", "--check"]
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     readme = tmp_path / "README.md"
     readme.write_text(readme.read_text().replace("| voc-r50-os8 ", "| voc-r50-os8 (edited) ", 1))

@@ -12,7 +12,7 @@ from torchvision.models import resnet50
 
 from deeplab.backbone import ResNet, WeightsMismatchError, load_imagenet_weights
 from deeplab.config import load_params
-from deeplab.model import (FORWARD_GFLOPS_512, PARAMETER_COUNTS, build_model, convert_sync_batchnorm,
+from deeplab.model import (AUX_GFLOPS_512, FORWARD_GFLOPS_512, PARAMETER_COUNTS, build_model, convert_sync_batchnorm,
                            count_parameters, deeplabv3plus)
 
 VARIANTS = [(b, s) for b in ("r50", "r101") for s in (8, 16)]
@@ -20,9 +20,8 @@ PARAMS = load_params(Path(__file__).resolve().parent.parent / "params")
 
 
 def build(*, output_stride: int = 8, **kwargs) -> nn.Module:
-    """deeplabv3plus with the recipe's ASPP rates for ``output_stride`` (params/model.yaml)."""
-    rates = PARAMS.resolve(f"voc-r50-os{output_stride}").aspp_rates
-    return deeplabv3plus(output_stride=output_stride, aspp_rates=rates, **kwargs)
+    """deeplabv3plus at ``output_stride``, every other keyword its default unless given."""
+    return deeplabv3plus(output_stride=output_stride, **kwargs)
 
 
 def _meta_model(backbone: str, stride: int, **kwargs) -> nn.Module:
@@ -46,6 +45,17 @@ def test_forward_flops_at_512_within_one_percent(backbone: str, stride: int) -> 
     with counter, torch.device("meta"):
         model(torch.empty(1, 3, 512, 512))
     assert counter.get_total_flops() / 1e9 == pytest.approx(FORWARD_GFLOPS_512[backbone, stride], rel=0.01)
+
+
+@pytest.mark.parametrize("backbone, stride", VARIANTS)
+def test_training_forward_adds_the_aux_heads_flops(backbone: str, stride: int) -> None:
+    """The cost table counts the model as it trains: the auxiliary FCN head on layer3 included."""
+    model = _meta_model(backbone, stride).train()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.device("meta"):
+        model(torch.empty(2, 3, 512, 512))  # two images: training-mode BatchNorm after the image pooling
+    aux = counter.get_total_flops() / 2e9 - FORWARD_GFLOPS_512[backbone, stride]
+    assert aux == pytest.approx(AUX_GFLOPS_512[stride], rel=0.02)
 
 
 @pytest.mark.parametrize("size", [(513, 513), (512, 1024), (97, 131)])

@@ -15,7 +15,7 @@ def test_the_template_inlines_vega_and_keeps_dvcs_placeholders(tmp_path: Path, m
                                                                 capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)
     assert pipeline.plots_template.main(["--check"]) == 1  # missing
-    assert "run python -m pipeline.plots_template" in capsys.readouterr().err
+    assert "regenerate with `python -m pipeline.plots_template`" in capsys.readouterr().err
     assert pipeline.plots_template.main([]) == 0
     page = (tmp_path / DVC_PLOTS_TEMPLATE).read_text()
     assert page.count("{plot_divs}") == 1 and page.count("{refresh_tag}") == 1 and "{scripts}" not in page

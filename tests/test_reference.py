@@ -71,7 +71,7 @@ def pair(backbone: str, output_stride: int, num_classes: int = 21, dropout: floa
             elif name.endswith("running_var"):
                 buffer.uniform_(0.5, 1.5)
     ours = deeplabv3plus(backbone=backbone, output_stride=output_stride, num_classes=num_classes,
-                         aspp_rates=RATES[output_stride], dropout=dropout)
+                         dropout=dropout)  # its ASPP rates: our default for the output stride
     ours.load_state_dict(reference.to_ours(ref.state_dict()))  # strict: every key named by the map
     return ref, ours
 

@@ -40,8 +40,9 @@ def _squeezed(text: str) -> str:
 
 def _check_golden(name: str, text: str) -> None:
     path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
+    if os.environ.get("UPDATE_GOLDEN"):  # rewrite, and fail: a run that rewrites its golden file proves nothing
         path.write_text(text)
+        pytest.fail(f"{name} rewritten (UPDATE_GOLDEN); review the diff, then rerun without UPDATE_GOLDEN")
     assert text == path.read_text(), f"{name} differs from the golden file; see the module docstring"
 
 
@@ -170,3 +171,42 @@ def test_a_cell_with_several_seeds_shows_mean_std_and_count(tmp_path: Path, para
     assert "[cfg](voc-r50-os16/config.yaml)" in text  # links to the default seed's run
     per_class = stage.expected_files(params, "smoke", root=tmp_path)[tmp_path / paths.per_class_iou()]
     assert per_class.count("voc-r50-os16,0,voc,") == 3 and per_class.count("voc-r50-os16,1,voc,") == 3
+
+
+def _record_run(root: Path, params_dir: Path, cell: str, miou: float) -> None:
+    """A run's files as training and evaluation write them: config.yaml and metrics.json with its digest."""
+    import yaml
+    cfg = load_params(params_dir).resolve(cell, "full")
+    run = root / cfg.files.dir
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "digest": cfg.digest(), "max_iters": 10}))
+    (run / "metrics.json").write_text(json.dumps({**_metrics(miou), "provenance": {"config_digest": cfg.digest()}}))
+
+
+def test_a_run_trained_under_other_params_is_shown_as_stale_never_relabelled(
+        tmp_path: Path, params_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n{COSTS}")
+    _record_run(tmp_path, params_dir, "voc-r50-os8", 77.9)
+    _record_run(tmp_path, params_dir, "voc-r50-os16", 76.0)
+    monkeypatch.chdir(tmp_path)
+    args = ["--preset", "full", "--params", str(params_dir)]
+    assert stage.main(args) == 0 and stage.main([*args, "--check"]) == 0  # current: nothing stale
+    assert "(stale)" not in (tmp_path / "results" / "table.md").read_text()
+    train = params_dir / "train.yaml"
+    train.write_text(train.read_text().replace("  lr: 0.01 ", "  lr: 0.02 ", 1))
+    datasets = params_dir / "datasets.yaml"
+    datasets.write_text(datasets.read_text().replace("  epochs: 60 ", "  epochs: 61 ", 1))
+    capsys.readouterr()
+    assert stage.main(args) == 0
+    table = _squeezed((tmp_path / "results" / "table.md").read_text())
+    voc = [line for line in table.splitlines() if "ResNet50 (OS=8" in line][0]  # the first section is VOC
+    assert "LR/POLICY/BS/EPOCH: 0.01/poly/16/60" in voc and "77.90% (stale)" in voc  # its own recipe, marked
+    fresh = [line for line in table.splitlines() if "ResNet101 (OS=8" in line][0]
+    assert "0.02/poly/16/61" in fresh and "| - |" in fresh  # not run yet: today's recipe
+    assert "(stale): trained under other params" in table
+    summary = list(csv.DictReader((tmp_path / "results" / "summary.csv").open()))
+    assert [row["stale"] for row in summary[:3]] == ["True", "True", "False"]
+    assert stage.main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "results/voc-r50-os8: trained under other params" in err and "results/voc-r50-os16" in err
+    assert "train.lr: 0.01 -> 0.02" in err and "data.epochs: 60 -> 61" in err

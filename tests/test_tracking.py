@@ -2,8 +2,10 @@
 params, metrics by step, tags, artifacts), reattachment, and an unreachable server that only warns."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -15,13 +17,14 @@ import pipeline.init_tracking
 import pipeline.predict
 import pipeline.train
 from deeplab.tracking import Tracker, flatten
-from tests.train_fixtures import project  # noqa: F401  (fixture)
+from tests.train_fixtures import ROOT, project  # noqa: F401  (fixture)
 
 CELL = "voc-r50-os16"
 
 
 def test_train_and_evaluate_log_into_one_run(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(project)
+    shutil.copy(ROOT / "requirements.lock", project / "requirements.lock")  # the project's lock, recorded by digest
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # a training job of seconds
     assert pipeline.init_tracking.main(["--preset", "smoke"]) == 0
     marker = json.loads((project / "results" / "smoke" / "mlflow.json").read_text())
@@ -56,7 +59,9 @@ def test_train_and_evaluate_log_into_one_run(project: Path, monkeypatch: pytest.
     environment = metrics["environment"]
     assert environment["evaluation"]["torch"] == torch.__version__ and environment["evaluation"]["gpu_name"] is None
     (trained,) = environment["training"]  # one machine trained it
-    assert trained["device_count"] == 0 and "gpu_driver" in trained and len(trained["lock_sha256"] or "x" * 64) == 64
+    assert trained["device_count"] == 0 and "gpu_driver" in trained
+    assert trained["lock_sha256"] == hashlib.sha256((ROOT / "requirements.lock").read_bytes()).hexdigest()
+    assert tags["env.lock_sha256"] == trained["lock_sha256"]
 
 
 def test_a_resumed_job_reattaches_to_its_run(tmp_path: Path) -> None:
@@ -160,7 +165,7 @@ def test_the_full_preset_registers_each_cell_model(tmp_path: Path) -> None:
     cfg = load_params(ROOT / "params").resolve(CELL, "full")
     name = serving.registered_name(cfg)
     assert name == f"deeplabv3plus-{CELL}" and serving.registered_name(load_params(ROOT / "params").resolve(CELL, "smoke")) is None
-    net = deeplabv3plus(backbone="r50", output_stride=16, num_classes=21, aspp_rates=(6, 12, 18), backbone_width=8,
+    net = deeplabv3plus(backbone="r50", output_stride=16, num_classes=21, backbone_width=8,
                         aspp_channels=8, decoder_channels=8, aux_channels=8)
     model = serving.Segmenter(net, InputSpec.of(cfg, torch.device("cpu")))
     tracker = Tracker(uri=os.environ["MLFLOW_TRACKING_URI"], experiment="registry", cell_dir=tmp_path / CELL,

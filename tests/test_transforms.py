@@ -76,9 +76,15 @@ def test_crop_redraws_while_one_class_dominates() -> None:
             ok += int(len(counts) > 1 and counts.max() < 0.75 * counts.sum())
         return ok / 200
     assert share_ok(0.75) > 2 * share_ok(1.0)
-    uniform = torch.zeros(40, 40, dtype=torch.uint8)  # no crop can satisfy the rule: gives up after 10 tries
-    _, crop = random_crop(image, uniform, (16, 16), 0.75, torch.Generator().manual_seed(0))
-    assert crop.shape == (16, 16)
+    # No crop of a one-class label satisfies the rule: it gives up after exactly 10 draws and keeps the last.
+    uniform = torch.zeros(40, 40, dtype=torch.uint8)
+    where = torch.arange(40 * 40).reshape(1, 40, 40)  # each pixel names its position
+    gen = torch.Generator().manual_seed(0)
+    gave_up, crop = random_crop(where, uniform, (16, 16), 0.75, gen)
+    single = torch.Generator().manual_seed(0)  # cat_max_ratio 1: one draw per call
+    draws = [random_crop(where, uniform, (16, 16), 1.0, single)[0] for _ in range(11)]
+    assert crop.shape == (16, 16) and torch.equal(gave_up, draws[9]) and not torch.equal(gave_up, draws[8])
+    assert torch.equal(random_crop(where, uniform, (16, 16), 1.0, gen)[0], draws[10])  # no 11th draw was taken
 
 
 def test_train_sample_is_a_pure_function_of_its_seed() -> None:

@@ -1,0 +1,112 @@
+"""One cell's training job: the library's training loop wired to the cell's files and MLflow run.
+
+Writes, in this order: ``config.yaml`` (the resolved recipe, its digest, the schedule's length), the
+environment record, the training log and checkpoints as it goes and, last, the model (deeplab.train).
+MLflow mirrors them in the cell's run, which the evaluation job reopens. Where the reference's training log
+has been fetched, the schedule is checked against it before any GPU time is spent.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from deeplab import atomic, distributed, reference
+from deeplab.config import CellConfig
+from deeplab.data.sources import IMAGENET_WEIGHTS
+from deeplab.datasets import DatasetError, read_split
+from deeplab.environment import describe, freeze
+from deeplab.evaluate import SINGLE_SCALE, InputSpec, evaluate_split
+from deeplab.jobs import LOCK, reference_rows, run_tags, tracker_for
+from deeplab.metrics import ConfusionMatrix
+from deeplab.schedule import poly_lr
+from deeplab.tracking import Tracker
+from deeplab.train import Interrupted, cell_lock, train
+
+ENV_TAGS = ("torch", "cuda", "cudnn", "device", "device_count", "gpu_name", "lock_matches", "lock_sha256")
+
+
+def record_environment(cfg: CellConfig, device: torch.device) -> dict[str, Any]:
+    """Append where this training runs to the run's environment file (a resume elsewhere adds an entry)
+    and write the installed packages beside it; return this machine's entry."""
+    env = describe(device, Path.cwd() / LOCK)
+    path = Path(cfg.files.environment)
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    if not entries or entries[-1] != env:
+        atomic.write_json(path, entries + [env])
+    atomic.write_text(cfg.files.pip_freeze, freeze())
+    return env
+
+
+def backbone_weights(cfg: CellConfig) -> Path | None:
+    """The ImageNet checkpoint of the cell's backbone, or None when the preset trains from scratch."""
+    if cfg.model.pretrained != "imagenet":
+        return None
+    path = Path(cfg.preset.paths.weights_dir()) / IMAGENET_WEIGHTS[cfg.cell.backbone].filename
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: download the backbone weights first "
+                           f"(python -m pipeline.download --weights {cfg.cell.backbone} --preset {cfg.preset.name})")
+    return path
+
+
+def validator(cfg: CellConfig, ctx: distributed.Context, tracker: Tracker) -> Callable[[torch.nn.Module, int], None]:
+    """Periodic val mIoU (train.val_every): each rank scores its share, the matrices are summed."""
+    def validate(model: torch.nn.Module, iteration: int) -> None:
+        result = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
+                                spec=InputSpec.of(cfg, ctx.device), protocols=[SINGLE_SCALE], device=ctx.device,
+                                rank=ctx.rank, world=ctx.world)
+        matrix = ConfusionMatrix(cfg.data.num_classes, ctx.device)
+        matrix.merge(distributed.sum_tensor(ctx, result.matrices[SINGLE_SCALE.name].matrix))
+        tracker.log_metrics({"val_mIoU": matrix.compute()["mIoU"]}, iteration)
+    return validate
+
+
+def run_training(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
+    """Train the cell (resuming by itself) under its lock; return the model's path and the iterations."""
+    with cell_lock(cfg.files, enabled=ctx.is_main) as leftovers:
+        for path in leftovers:
+            print(f"removed {path}, left by a training process killed while writing it", file=sys.stderr)
+        return _train_locked(cfg, ctx)
+
+
+def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
+    files = cfg.files
+    max_iters = cfg.max_iters(len(read_split(cfg.prepared_dir, cfg.data.train_split)))
+    reference_schedule(cfg, max_iters)  # before any GPU time is spent
+    weights = backbone_weights(cfg)
+    env: dict[str, Any] = {}
+    if ctx.is_main:
+        doc = {**cfg.to_dict(), "digest": cfg.digest(), "max_iters": max_iters, "world_size": ctx.world}
+        atomic.write_text(files.config, yaml.safe_dump(doc, sort_keys=False))
+        env = record_environment(cfg, ctx.device)
+    tracker = tracker_for(cfg, enabled=ctx.is_main)
+    tracker.start(cfg.run_name, params=cfg.to_dict(),
+                  tags={**run_tags(cfg), **{f"env.{k}": str(env.get(k)) for k in ENV_TAGS}})
+    tracker.monitor_system()
+    try:
+        final = train(cfg, ctx, max_iters=max_iters,
+                      weights=weights, on_metrics=tracker.log_metrics, on_validate=validator(cfg, ctx, tracker))
+    except Interrupted:
+        tracker.end("KILLED")
+        raise
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    for path in (files.config, files.train_log, files.environment, files.pip_freeze):
+        tracker.log_artifact(path)
+    tracker.end("FINISHED")
+    return final, max_iters
+
+
+def reference_schedule(cfg: CellConfig, max_iters: int) -> bool:
+    """Our learning rate equals the reference's at every iteration its log has (an error otherwise); a
+    schedule of another length is an error in the full preset and not compared elsewhere."""
+    rows = reference_rows(cfg)
+    train = cfg.train
+    return bool(rows) and reference.check_schedule(
+        rows, max_iters, lambda k: poly_lr(k - 1, max_iters, lr=train.lr, min_lr=train.min_lr, power=train.poly_power),
+        strict=cfg.preset.schedule_must_match_reference)
