@@ -37,7 +37,7 @@ from deeplab.datasets import TrainDataset  # noqa: E402
 from deeplab.evaluate import SINGLE_SCALE, InputSpec, predict  # noqa: E402
 from deeplab.losses import criterion  # noqa: E402
 from deeplab.memory import GIB, ModelShape, predict_step, predicted_line  # noqa: E402
-from deeplab.model import FORWARD_GFLOPS_512, build_model, convert_sync_batchnorm  # noqa: E402
+from deeplab.model import AUX_GFLOPS_512, FORWARD_GFLOPS_512, build_model, convert_sync_batchnorm  # noqa: E402
 from deeplab.precision import configure_backends  # noqa: E402
 from deeplab.transforms import Augmentation, sample_seed  # noqa: E402
 
@@ -109,8 +109,9 @@ def training_rows(setup: Setup) -> tuple[list[str], dict[tuple[str, int], float]
                 del model
                 torch.cuda.empty_cache()
             rate, peak = step_rate(cfg, setup, micro)
+            training_gflops = FORWARD_GFLOPS_512[(backbone, stride)] + AUX_GFLOPS_512[stride]  # the model as it trains
             predicted = predict_step(ModelShape.of(cfg, precision), micro, cfg.train).total / GIB
-            tflops = rate * 3 * FORWARD_GFLOPS_512[(backbone, stride)] * (setup.size / 512) ** 2 / 1e3
+            tflops = rate * 3 * training_gflops * (setup.size / 512) ** 2 / 1e3
             if precision == "bf16":
                 consumption[(backbone, stride)] = rate
             rows.append(f"| {backbone}-os{stride} | {label} | {micro} | {rate:.1f} | {tflops:.2f} | "
