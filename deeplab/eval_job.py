@@ -88,8 +88,7 @@ def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
     scored, results, meta = score_split(cfg, model, spec, device, chosen, predictions_dir)
     curve = reference_curve(cfg)
-    for row in curve:  # the reference's training curve in the run, at its iterations
-        tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
+    log_reference_curve(tracker, curve)
     if curve:
         warn_if_loss_above(cfg, curve)
     pictures = draw_pictures(cfg.files, f"{cfg.run_name} ({cfg.preset.name})", results[SINGLE_SCALE.name],
@@ -161,6 +160,12 @@ def warn_if_loss_above(cfg: CellConfig, rows: list[dict[str, str]]) -> None:
                       "this run's numbers", RuntimeWarning, stacklevel=2)
 
 
+def log_reference_curve(tracker: Tracker, rows: list[dict[str, str]]) -> None:
+    """The reference's training curve (its parsed log ``rows``) in the run, at its iterations."""
+    for row in rows:
+        tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
+
+
 def log_to_mlflow(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -> None:
     metrics = {k: doc[k] for k in ("mIoU", "aAcc", "mAcc")}
     metrics.update({f"iou/{metric_key(name)}": v for name, v in doc["per_class_iou"].items() if v is not None})
@@ -213,8 +218,7 @@ def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict
     doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
     doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
     log_to_mlflow(tracker, doc, pictures)
-    for row in log_rows:  # its training curve, at its iterations
-        tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
+    log_reference_curve(tracker, log_rows)
     atomic.write_json(files.metrics, doc)
     tracker.log_artifact(files.metrics)
     tracker.log_artifact(files.reference_log)

@@ -214,7 +214,7 @@ class Spent:
     seconds_per_iter: float | None  # median over the log's windows (all its GPUs together)
     max_gpu_gb: float | None        # the largest max_gpu_alloc_GB it logged (per GPU, 2 images, fp32)
     max_iters: int
-    gpus: int = 8                   # GPUs it trained on (train.reference_replicas)
+    gpus: int                       # GPUs it trained on (train.reference_replicas)
 
     @property
     def gpu_hours(self) -> float | None:

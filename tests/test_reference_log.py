@@ -86,6 +86,6 @@ def test_what_its_log_says_it_spent_fills_readmes_cost_and_memory_columns(projec
     place_log(project, [3.0] * 8)  # rows 2 s apart, 9.5 GB per GPU
     params = load_params(project / "params")
     spent = reference.spent_by_cell(params, "smoke", project)
-    assert spent[CELL] == reference.Spent(seconds_per_iter=2.0, max_gpu_gb=9.5, max_iters=8) and spent["voc-r50-os8"] is None
+    assert spent[CELL] == reference.Spent(seconds_per_iter=2.0, max_gpu_gb=9.5, max_iters=8, gpus=8) and spent["voc-r50-os8"] is None
     frame = cost_frame(params, "smoke", {}, spent).set_index("cell")["reference GPU-hours (its log)"]
     assert frame[CELL] == f"{2.0 * 8 * 8 / 3600:.1f} (2.00 s/it x 8)" and frame["voc-r50-os8"] == "-"
