@@ -26,6 +26,10 @@ RUNS = {run.run_key: run for run in PARAMS.runs(PRESET)}  # "<cell>", or "<cell>
 PY = sys.executable  # the interpreter running Snakemake: the project's venv, also on cluster nodes
 STAGE_ARGS = f"--preset {PRESET} --params {PARAMS_DIR}"
 
+onstart:  # one line per check before any job starts; a check that fails stops the DAG here, not hours in
+    shell(f"{PY} -m pipeline.doctor {STAGE_ARGS}" + ("" if workflow.local_exec else " --gpus-elsewhere"))
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     backbone="|".join(BACKBONES),

@@ -26,7 +26,8 @@ from deeplab.paths import CellFiles, Paths, run_key
 DATASETS = ("voc", "ade20k", "cityscapes")
 BACKBONES = ("r50", "r101")
 # Training settings that do not change the result: left out of a run's digest and of what makes it stale.
-NOT_RECIPE = ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch", "compile")
+NOT_RECIPE = ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch", "compile", "device",
+              "stop_when_diverging")
 PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "evaluate.yaml", "presets.yaml")
 
 
@@ -110,6 +111,7 @@ class TrainSettings:
     weight_decay: float
     aux_weight: float
     precision: Literal["auto", "bf16", "fp16", "fp32"]
+    device: Literal["auto", "cuda", "cpu"]  # cuda: stop at once when no GPU is usable (deeplab.device)
     channels_last: bool
     checkpoint_every: int
     log_every: int
@@ -120,6 +122,7 @@ class TrainSettings:
     reference_replicas: int
     max_micro_batch: int | Literal["auto"]  # images one GPU runs at once: 0 its whole share, auto what fits
     compile: Literal["off", "inductor", "aot_eager"]  # torch.compile backend of the training step
+    stop_when_diverging: bool  # stop (after a checkpoint) when the loss stays above the reference's band
     crop_tries: int  # the random crop is re-drawn up to this many times while one class dominates
     flip_prob: float
     brightness_delta: float  # photometric distortion, each step applied with probability 1/2
@@ -166,6 +169,7 @@ class EvalSettings:
     ms_ratios: tuple[float, ...]  # scales of the multi-scale protocol, relative to the single-scale size
     ms_flip: bool                 # the multi-scale protocol also averages horizontally flipped inputs
     max_workers: int              # loader workers of an evaluation (at most train.workers)
+    precision: Literal["fp32", "bf16"]  # fp32 (TF32 off) = the reference's published numbers' numerics
 
     def check(self) -> dict[str, str]:
         problems = {}
@@ -260,6 +264,12 @@ class CellConfig:
         the cell's GPUs)."""
         return self.data.batch_size // (self.cell.gpus if world is None else world)
 
+    @property
+    def reference_batchnorm_images(self) -> int:
+        """Images per BatchNorm statistic in the reference's training: its whole global batch, which
+        SyncBatchNorm normalises over across its GPUs (16; 8 for Cityscapes)."""
+        return self.data.batch_size
+
     def max_iters(self, num_train_images: int) -> int:
         """Iterations of the schedule, counted as the reference counts them.
 
@@ -318,6 +328,14 @@ class Params:
                           model=self._section("model", self.model, chosen),
                           train=dataclasses.replace(train, seed=seed) if extra else train,
                           evaluate=self._section("evaluate", self.evaluate, chosen), preset=chosen, extra_seed=extra)
+
+    def resolve_reference(self, cell_id: str, preset: str = "full") -> CellConfig:
+        """What the reference's released weights of ``cell_id`` are scored under: the cell on ``preset``'s
+        data, with the recipe's own model (the reference's architecture, whatever the preset thins) and the
+        reference's evaluation numerics (fp32, TF32 off, whatever evaluate.precision says)."""
+        cfg = self.resolve(cell_id, preset)
+        return dataclasses.replace(cfg, model=self.model,
+                                   evaluate=dataclasses.replace(cfg.evaluate, precision="fp32"))
 
     def seeds(self, cell_id: str, preset: str = "full") -> tuple[int, ...]:
         """The seeds ``cell_id`` trains with under ``preset`` (its train.seed unless the preset lists more)."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from deeplab.device import resolve
+
 
 @dataclass(frozen=True)
 class Context:
@@ -24,16 +26,15 @@ class Context:
         return self.world > 1
 
 
-def setup() -> Context:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK);
-    pick this process's device: its local GPU when there is one, else the CPU."""
+def setup(device_setting: str = "auto") -> Context:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE, RANK, LOCAL_RANK) on the
+    device ``device_setting`` (train.device) gives this process: its local GPU, or the CPU (deeplab.device
+    raises, naming the cause, when a required GPU is not usable)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+    device = resolve(device_setting, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Context(rank=rank, world=world, local_rank=local_rank, device=device)

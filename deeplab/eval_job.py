@@ -8,7 +8,6 @@ log has been fetched, it is drawn beside ours and logged into the run.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import time
 import warnings
@@ -20,7 +19,7 @@ import torch
 import yaml
 
 from deeplab import atomic, plots, reference, serving
-from deeplab.config import CellConfig, Params
+from deeplab.config import CellConfig
 from deeplab.datasets import manifest_hash, read_meta, read_split
 from deeplab.environment import describe, git_state
 from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, SplitResult, evaluate_split, multi_scale,
@@ -28,7 +27,7 @@ from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, SplitResult, ev
 from deeplab.jobs import LOCK, reference_rows, run_tags, tracker_for
 from deeplab.model import build_model, load_trained
 from deeplab.paths import CellFiles
-from deeplab.precision import configure_backends, precision_name
+from deeplab.precision import configure_backends, precision_name, resolve_precision
 from deeplab.predict import read_any_image
 from deeplab.tracking import Tracker, metric_key
 
@@ -41,12 +40,15 @@ def protocols(cfg: CellConfig, multi: bool, sliding: bool) -> list[Protocol]:
         + ([sliding_window(cfg.data.crop_size)] if sliding else [])
 
 
-def run_evaluation(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None = None) -> dict[str, Any]:
-    """Score the cell's model on its val split; write the pictures and metrics.json; return its content."""
+def run_evaluation(cfg: CellConfig, chosen: list[Protocol], device: torch.device,
+                   predictions_dir: str | None = None) -> dict[str, Any]:
+    """Score the cell's model on ``device`` on its val split; write the pictures and metrics.json; return
+    its content."""
     tracker = tracker_for(cfg)
-    tracker.start(cfg.run_name)  # in the background, while the split is scored
+    precision = precision_name(resolve_precision(cfg.evaluate.precision, device))
+    tracker.start(cfg.run_name, tags={"eval_precision": precision})  # in the background, while the split is scored
     try:
-        doc, pictures = score(cfg, chosen, predictions_dir, tracker)
+        doc, pictures = score(cfg, chosen, device, predictions_dir, tracker)
     except BaseException:
         tracker.end("FAILED")
         raise
@@ -78,10 +80,9 @@ def log_served_model(cfg: CellConfig, tracker: Tracker) -> None:
                       serving.registered_name(cfg))
 
 
-def score(cfg: CellConfig, chosen: list[Protocol], predictions_dir: str | None,
+def score(cfg: CellConfig, chosen: list[Protocol], device: torch.device, predictions_dir: str | None,
           tracker: Tracker) -> tuple[dict[str, Any], list[Path]]:
     started = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     spec = InputSpec.of(cfg, device)
     model = load_trained(cfg, Path(cfg.files.model), device)
     if predictions_dir:
@@ -122,11 +123,23 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
     return {"cell": cfg.cell.id, "seed": cfg.train.seed, "preset": cfg.preset.name, "split": cfg.data.val_split,
             "protocol": f"single-scale whole image{fit}, {precision}", "precision": precision,
             **{k: main[k] for k in ("mIoU", "aAcc", "mAcc")}, "reference_mIoU": cfg.cell.reference_miou,
+            "batchnorm_images": trained_batchnorm_images(Path(cfg.files.train_log)),
+            "reference_batchnorm_images": cfg.reference_batchnorm_images,
             "per_class_iou": main["per_class_iou"], "per_class_acc": main["per_class_acc"],
             "images": images, "seconds": round(seconds, 2),
             "extra": {name: values for name, values in results.items() if name != SINGLE_SCALE.name},
             "provenance": {**git_state(Path.cwd()), "data_manifest": manifest_hash(cfg.prepared_dir, cfg.data.val_split),
                            "config_digest": cfg.digest(), "mlflow_run_id": run_id}}
+
+
+def trained_batchnorm_images(train_log: Path) -> int | None:
+    """The fewest images a BatchNorm statistic covered in the run's training (its log's
+    ``batchnorm_images``; an out-of-memory retry can lower it mid-run), None without a log that says."""
+    if not train_log.is_file():
+        return None
+    with train_log.open() as f:
+        values = [int(row["batchnorm_images"]) for row in csv.DictReader(f) if row.get("batchnorm_images")]
+    return min(values) if values else None
 
 
 def draw_pictures(files: CellFiles, title: str, result: dict[str, Any], samples: list, palette: list,
@@ -176,14 +189,7 @@ def log_to_mlflow(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -
         tracker.log_artifact(picture, "pictures")
 
 
-def reference_config(params: Params, cell_id: str, preset: str) -> CellConfig:
-    """The cell on ``preset``'s data, under the recipe's own model (the reference's architecture, whatever
-    the preset thins) and the reference's evaluation numerics (fp32, TF32 off)."""
-    cfg = params.resolve(cell_id, preset)
-    return dataclasses.replace(cfg, model=params.model, train=dataclasses.replace(cfg.train, precision="fp32"))
-
-
-def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict[str, Any]:
+def run_reference_evaluation(cfg: CellConfig, device: torch.device, source: str | None = None) -> dict[str, Any]:
     """Download the reference's checkpoint (and training log) of the cell, evaluate the weights with our
     evaluation (single scale and multi-scale + flip), write the reference run's metrics.json, pictures and
     parsed log, and mirror them to an MLflow run tagged as a reference evaluation."""
@@ -195,7 +201,6 @@ def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict
     log_rows = reference.write_log(reference.parse_log(log), Path(files.reference_log))
     state = reference.load_checkpoint(checkpoint)
     started = time.perf_counter()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(cfg, device)
     try:
         model.load_state_dict(state)
@@ -217,6 +222,7 @@ def run_reference_evaluation(cfg: CellConfig, source: str | None = None) -> dict
                            precision_name(spec.dtype))
     doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
     doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
+    doc["batchnorm_images"] = cfg.reference_batchnorm_images  # the reference's own training, not a run of ours
     log_to_mlflow(tracker, doc, pictures)
     log_reference_curve(tracker, log_rows)
     atomic.write_json(files.metrics, doc)

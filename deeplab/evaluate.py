@@ -10,7 +10,9 @@ The confusion matrix stays on the device for the whole split.
 """
 from __future__ import annotations
 
+import copy
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -84,33 +86,89 @@ class InputSpec:
 
     @classmethod
     def of(cls, cfg: CellConfig, device: torch.device) -> "InputSpec":
+        """The cell's evaluation input: its test size and normalisation, at ``evaluate.precision`` (fp32 by
+        default, as the reference scores; never the training precision)."""
         return cls(cfg.data.eval_scale, cfg.train.mean, cfg.train.std,
-                   resolve_precision(cfg.train.precision, device), cfg.train.channels_last)
+                   resolve_precision(cfg.evaluate.precision, device), cfg.train.channels_last)
+
+
+class OutOfMemoryFallback:
+    """What an evaluation does when one forward does not fit the GPU: that image's pass at that scale (and
+    flip) is done again with its logits taken to the CPU before they are resized to the label and summed
+    there; if the forward itself still does not fit, it runs on a CPU copy of the model. The passes are
+    summed in the same order as always, so the prediction is the same (to the last bit on a CPU; on a GPU
+    up to the CPU's rounding of the resize and softmax). One warning per image and scale names them."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._cpu_model: nn.Module | None = None
+        self.retried: list[tuple[str, float]] = []
+
+    def cpu_model(self) -> nn.Module:
+        if self._cpu_model is None:
+            self._cpu_model = copy.deepcopy(self.model).cpu().eval()
+        return self._cpu_model
+
+    def retry(self, source: torch.Tensor, ratio: float, flip: bool, protocol: Protocol, spec: InputSpec,
+              several: bool, name: str) -> torch.Tensor:
+        """One pass (``ratio``, ``flip``) of ``source`` that ran out of memory, done again off the GPU."""
+        if source.device.type == "cuda":
+            torch.cuda.empty_cache()
+        cpu = torch.device("cpu")
+        try:
+            part, how = _pass(self.model, source, ratio, flip, protocol, spec, several, cpu), \
+                "its logits resized and summed on the CPU"
+        except torch.OutOfMemoryError:
+            if source.device.type == "cuda":
+                torch.cuda.empty_cache()
+            part, how = _pass(self.cpu_model(), source.cpu(), ratio, flip, protocol, spec, several, cpu), \
+                "the forward pass on the CPU"
+        if (name, ratio) not in self.retried:
+            self.retried.append((name, ratio))
+            warnings.warn(f"evaluation: {name or 'an image'} at scale {ratio}{' (flipped)' if flip else ''} did not fit "
+                          f"the GPU's memory; done again with {how} (same prediction, slower)", RuntimeWarning,
+                          stacklevel=3)
+        return part
+
+
+def _pass(model: nn.Module, source: torch.Tensor, ratio: float, flip: bool, protocol: Protocol, spec: InputSpec,
+          several: bool, out: torch.device | None = None) -> torch.Tensor:
+    """One pass of the protocol: (1, 3, H, W) float image -> (1, C, H, W) logits (probabilities when
+    ``several`` passes are averaged) at the image's size, on ``out`` (default: the image's device)."""
+    height, width = source.shape[-2:]
+    size = eval_size(height, width, spec.eval_scale, ratio)
+    x = F.interpolate(source, size=size, mode="bilinear", align_corners=False).round_() \
+        if size != (height, width) else source                          # as a uint8 resize would
+    x = normalize(x, spec.mean, spec.std)
+    if spec.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(source.device.type, dtype=spec.dtype or torch.bfloat16, enabled=spec.dtype is not None):
+        logits = forward_logits(model, x.flip(-1) if flip else x, protocol.window).float()
+    if out is not None:
+        logits = logits.to(out)
+    logits = F.interpolate(logits.flip(-1) if flip else logits, size=(height, width), mode="bilinear",
+                           align_corners=False)                        # (1, C, H, W)
+    return logits.softmax(1) if several else logits
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, image: torch.Tensor, protocol: Protocol, spec: InputSpec) -> torch.Tensor:
-    """uint8 (3, H, W) image on the model's device -> (H, W) predicted class indices (int64)."""
-    height, width = image.shape[-2:]
+def predict(model: nn.Module, image: torch.Tensor, protocol: Protocol, spec: InputSpec,
+            fallback: OutOfMemoryFallback | None = None, name: str = "") -> torch.Tensor:
+    """uint8 (3, H, W) image on the model's device -> (H, W) predicted class indices (int64) on that device.
+    A pass that runs out of GPU memory is done again by ``fallback`` (:class:`OutOfMemoryFallback`)."""
     source = image.float()[None]
     several = len(protocol.ratios) > 1 or protocol.flip
     score = None
     for ratio in protocol.ratios:
-        size = eval_size(height, width, spec.eval_scale, ratio)
-        x = F.interpolate(source, size=size, mode="bilinear", align_corners=False).round_() \
-            if size != (height, width) else source                      # as a uint8 resize would
-        x = normalize(x, spec.mean, spec.std)
-        if spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         for flip in (False, True) if protocol.flip else (False,):
-            with torch.autocast(image.device.type, dtype=spec.dtype or torch.bfloat16,
-                                enabled=spec.dtype is not None):
-                logits = forward_logits(model, x.flip(-1) if flip else x, protocol.window).float()
-            logits = F.interpolate(logits.flip(-1) if flip else logits, size=(height, width), mode="bilinear",
-                                   align_corners=False)                # (1, C, H, W)
-            part = logits.softmax(1) if several else logits
-            score = part if score is None else score + part
-    return score.argmax(1)[0]
+            try:
+                part = _pass(model, source, ratio, flip, protocol, spec, several)
+            except torch.OutOfMemoryError:
+                fallback = fallback or OutOfMemoryFallback(model)
+                part = fallback.retry(source, ratio, flip, protocol, spec, several, name)
+                score = None if score is None else score.to(part.device)  # from here on summed on the CPU
+            score = part if score is None else score.add_(part.to(score.device))
+    return score.argmax(1)[0].to(image.device)
 
 
 @dataclass
@@ -133,11 +191,12 @@ def evaluate_split(model: nn.Module, prepared_dir: str | Path, split: str, *, nu
     matrices = {p.name: ConfusionMatrix(num_classes, device) for p in protocols}
     samples: list[Any] = []
     model.eval()
+    fallback = OutOfMemoryFallback(model)
     for image, label, name in loader:
         check_label(label, num_classes, name)
         image, target = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
         for k, protocol in enumerate(protocols):
-            prediction = predict(model, image, protocol, spec)
+            prediction = predict(model, image, protocol, spec, fallback, name)
             matrices[protocol.name].update(prediction, target)
             if k == 0 and predictions_dir is not None:
                 write_png(prediction.to(torch.uint8)[None].cpu(), str(Path(predictions_dir) / name))

@@ -108,6 +108,30 @@ def predict_step(shape: ModelShape, micro_batch: int, train: TrainSettings) -> S
         return _breakdown(tracker.get_tracker_snapshot("peak"))
 
 
+def predict_evaluation(shape: ModelShape, image: tuple[int, int], size: tuple[int, int], several: bool) -> int:
+    """Peak bytes of the largest pass of an evaluation protocol: the forward of one (1, 3, ``size``) input
+    (``shape.precision`` is the evaluation's, ``shape.crop`` unused), its logits resized to the ``image``
+    size and, when ``several`` passes are averaged, their softmax added to the running sum."""
+    import torch.nn.functional as F
+    fake_mode, mem_tracker = _tracker()
+    with fake_mode():
+        model = deeplabv3plus(backbone=shape.backbone, output_stride=shape.output_stride,
+                              num_classes=shape.num_classes, aux_loss=False,
+                              aspp_channels=shape.aspp_channels, low_level_channels=shape.low_level_channels,
+                              decoder_channels=shape.decoder_channels).eval()
+        tracker = mem_tracker()
+        tracker.track_external(model)
+        with tracker, torch.no_grad():
+            score = torch.zeros(1, shape.num_classes, *image) if several else None
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=shape.precision == "bf16"):
+                logits = model(torch.randn(1, 3, *size))["out"].float()
+            logits = F.interpolate(logits, size=image, mode="bilinear", align_corners=False)
+            if score is not None:
+                score.add_(logits.softmax(1))
+        (device,) = tracker.get_tracker_snapshot("peak").values()
+        return int(next(v for k, v in device.items() if str(getattr(k, "value", k)) == "Total"))
+
+
 def _breakdown(snapshot: object) -> StepMemory:
     try:
         (device,) = snapshot.values()  # type: ignore[attr-defined]
@@ -159,6 +183,14 @@ def micro_batches(share: int) -> list[int]:
 def largest_fitting(line: Line, share: int, gpu_gib: float) -> int | None:
     """The largest micro-batch dividing ``share`` whose predicted peak fits ``gpu_gib``; None if none does."""
     return next((k for k in micro_batches(share) if line.at(k) <= usable_bytes(gpu_gib)), None)
+
+
+def gpus_for_whole_batch(line: Line, batch: int, gpu_gib: float) -> int | None:
+    """The fewest GPUs of ``gpu_gib`` that each run their whole share of ``batch`` at once (at least 2
+    images each), so that SyncBatchNorm normalises over the whole batch as the reference does; None when
+    even the smallest share does not fit."""
+    return next((gpus for gpus in range(1, batch // 2 + 1)
+                 if batch % gpus == 0 and line.at(batch // gpus) <= usable_bytes(gpu_gib)), None)
 
 
 def accumulation_steps(share: int, max_micro_batch: int) -> int:

@@ -16,10 +16,13 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 import torch
 
-from deeplab.config import Params
+from deeplab.config import CellConfig, Params
+from deeplab.evaluate import multi_scale
 from deeplab.model import ASPP_RATES
 from deeplab.memory import (FRAGMENTATION, GIB, POINTS, RESERVED_GIB, Line, ModelShape, StepMemory,
-                            fit_line, largest_fitting, predict_step)
+                            fit_line, gpus_for_whole_batch, largest_fitting, predict_evaluation, predict_step,
+                            usable_bytes)
+from deeplab.transforms import eval_size
 
 PRECISIONS = ("bf16", "fp32")
 GPU_SIZES = (24, 40, 80)     # GiB, the README's columns
@@ -32,11 +35,35 @@ def entry_key(shape: ModelShape) -> dict[str, Any]:
             "torch": torch.__version__.split("+")[0]}
 
 
+def evaluation_passes(cfg: CellConfig) -> dict[str, dict[str, list[int]]]:
+    """The largest pass of each evaluation protocol: the label's size (``image``) and the input's (``size``).
+    With a keep-ratio test size (h, w) the largest image a fit can give is min(h, w) x max(h, w); at native
+    size (Cityscapes) the dataset's base scale is its images' size."""
+    scale = cfg.data.eval_scale or cfg.data.base_scale
+    image = (min(scale), max(scale))
+    protocol = multi_scale(cfg.evaluate)
+    return {name: {"image": list(image), "size": list(eval_size(*image, cfg.data.eval_scale, ratio))}
+            for name, ratio in (("single-scale", 1.0), (protocol.name, max(protocol.ratios)))}
+
+
+def evaluation_key(cfg: CellConfig) -> dict[str, Any]:
+    shape = ModelShape.of(cfg, cfg.evaluate.precision)
+    return {**{k: v for k, v in entry_key(shape).items() if k not in ("crop", "aux_channels")},
+            "passes": evaluation_passes(cfg)}
+
+
 def build(params: Params, preset: str, cells: Iterable[str], stored: dict[str, Any] | None = None,
           progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """The plan of ``cells``: stored entries whose key still matches are kept, the others predicted."""
     entries = dict((stored or {}).get("entries", {}))
     for cell_id in cells:
+        cfg = params.resolve(cell_id, preset)
+        if entries.get(f"{cell_id}/eval", {}).get("key") != evaluation_key(cfg):
+            progress(f"predicting {cell_id}'s evaluation passes")
+            shape = ModelShape.of(cfg, cfg.evaluate.precision)
+            entries[f"{cell_id}/eval"] = {"key": evaluation_key(cfg), "peaks": {
+                name: predict_evaluation(shape, tuple(p["image"]), tuple(p["size"]), name != "single-scale")
+                for name, p in evaluation_passes(cfg).items()}}
         for precision in PRECISIONS:
             cfg = params.resolve(cell_id, preset)
             shape = ModelShape.of(cfg, precision)
@@ -65,7 +92,9 @@ def stale(plan: dict[str, Any], params: Params, preset: str) -> list[str]:
     """The entries of ``preset``'s cells that are missing or were predicted for other settings."""
     entries = plan.get("entries", {})
     return [f"{cell}/{p}" for cell in params.cells for p in PRECISIONS
-            if entries.get(f"{cell}/{p}", {}).get("key") != entry_key(ModelShape.of(params.resolve(cell, preset), p))]
+            if entries.get(f"{cell}/{p}", {}).get("key") != entry_key(ModelShape.of(params.resolve(cell, preset), p))] \
+        + [f"{cell}/eval" for cell in params.cells
+           if entries.get(f"{cell}/eval", {}).get("key") != evaluation_key(params.resolve(cell, preset))]
 
 
 def fits(entry: dict[str, Any], images: int, gpu_gib: float) -> str:
@@ -75,6 +104,24 @@ def fits(entry: dict[str, Any], images: int, gpu_gib: float) -> str:
         return "-"
     steps = images // micro  # micro divides the share
     return str(micro) if steps == 1 else f"{micro} x {steps}"
+
+
+def gpus_keeping_statistics(entry: dict[str, Any], batch: int, gpu_gib: float) -> str:
+    """'2' (GPUs that each hold their whole share, SyncBatchNorm over the whole batch) or '-'."""
+    gpus = gpus_for_whole_batch(line_of(entry), batch, gpu_gib)
+    return "-" if gpus is None else str(gpus)
+
+
+def evaluation_peaks(plan: dict[str, Any], cell_id: str) -> dict[str, int]:
+    """Peak bytes of each protocol's largest pass, single scale first (the stored JSON sorts its keys)."""
+    peaks = plan["entries"][f"{cell_id}/eval"]["peaks"]
+    return {name: peaks[name] for name in sorted(peaks, key=lambda name: name != "single-scale")}
+
+
+def evaluation_fits(plan: dict[str, Any], cell_id: str, gpu_gib: float) -> dict[str, bool]:
+    """Per protocol, whether its largest pass fits a GPU of ``gpu_gib`` (else evaluation falls back to the
+    CPU for such passes: same numbers, slower)."""
+    return {name: peak <= usable_bytes(gpu_gib) for name, peak in evaluation_peaks(plan, cell_id).items()}
 
 
 def frame(plan: dict[str, Any], params: Params, preset: str, gpu_sizes: Iterable[int] = GPU_SIZES,
@@ -88,6 +135,8 @@ def frame(plan: dict[str, Any], params: Params, preset: str, gpu_sizes: Iterable
         for precision in PRECISIONS:
             entry = plan["entries"][f"{cell_id}/{precision}"]
             row[f"{precision} peak (GiB)"] = f"{line_of(entry).at(images) / GIB:.1f}"
+        row["eval peak (GiB): single / ms+flip"] = " / ".join(
+            f"{peak / GIB:.1f}" for peak in evaluation_peaks(plan, cell_id).values())
         for size in gpu_sizes:
             row[f"{size} GB: bf16 / fp32"] = " / ".join(
                 fits(plan["entries"][f"{cell_id}/{p}"], images, size) for p in PRECISIONS)
@@ -99,10 +148,27 @@ def frame(plan: dict[str, Any], params: Params, preset: str, gpu_sizes: Iterable
     return pd.DataFrame(rows)
 
 
+def statistics_frame(plan: dict[str, Any], params: Params, preset: str, gpu_sizes: Iterable[int] = GPU_SIZES,
+                     cells: Iterable[str] | None = None) -> pd.DataFrame:
+    """One row per cell: how many GPUs of each size, each running its whole share under SyncBatchNorm,
+    keep the reference's images per BatchNorm statistic (its whole batch)."""
+    rows = []
+    for cell_id in cells or params.cells:
+        cfg = params.resolve(cell_id, preset)
+        row = {"cell": cell_id, "images per statistic": cfg.reference_batchnorm_images}
+        for size in gpu_sizes:
+            row[f"{size} GB: bf16 / fp32"] = " / ".join(
+                gpus_keeping_statistics(plan["entries"][f"{cell_id}/{p}"], cfg.data.batch_size, size) for p in PRECISIONS)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def render(plan: dict[str, Any], params: Params, preset: str, reference: Mapping[str, Any] | None = None) -> str:
     table = frame(plan, params, preset, reference=reference).to_markdown(index=False, tablefmt="pipe",
                                                                          disable_numparse=True)
-    return table + "\n"
+    gpus = statistics_frame(plan, params, preset).to_markdown(index=False, tablefmt="pipe", disable_numparse=True)
+    return (f"{table}\n\nGPUs (SyncBatchNorm, each running its whole share at once) that keep the reference's "
+            f"images per BatchNorm statistic, per GPU size:\n\n{gpus}\n")
 
 
 def read(path: Path) -> dict[str, Any] | None:

@@ -40,9 +40,15 @@ PRETRAINED_NAMES = {"imagenet": "ImageNet", "none": "None"}
 POLICY = "poly"  # the recipe's only learning-rate policy (train.yaml: poly_power, min_lr)
 STALE_NOTE = ("(stale): trained under other params than params/ gives now; `python -m pipeline.table --preset "
               "{preset} --check` lists what differs. Retrain the cell, or restore the params it was trained with.\n\n")
+BATCHNORM_MARK, PRECISION_MARK = "†", "‡"
+BATCHNORM_NOTE = ("{mark} BatchNorm normalised over fewer images per statistic than the reference's (its whole batch, "
+                  "SyncBatchNorm across its GPUs): {runs}. Gradient accumulation keeps the loss's gradient, not these "
+                  "statistics, so such a run can land below the reference's mIoU (README, \"BatchNorm's batch\").")
+PRECISION_NOTE = ("{mark} Scored at another precision than the reference's fp32 (evaluate.precision): {runs}.")
 HEADER = ("Backbone", "Crop Size", "Schedule", "Train/Eval Set", "mIoU", "Reference", "Diff", "Download")
 SUMMARY_COLUMNS = ("cell", "dataset", "backbone", "output_stride", "mIoU", "mIoU_std", "aAcc", "mAcc",
-                   "reference_mIoU", "diff", "seeds", "seeds_planned", "gpu_hours", "stale")
+                   "reference_mIoU", "diff", "seeds", "seeds_planned", "gpu_hours", "stale", "batchnorm_images",
+                   "reference_batchnorm_images", "eval_precision")
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,26 @@ class Finished:
     @property
     def stale(self) -> bool:
         return bool(self.changes)
+
+    @property
+    def batchnorm_images(self) -> int | None:
+        """Images per BatchNorm statistic in its training (None: not recorded, e.g. an older metrics.json)."""
+        return self.doc.get("batchnorm_images")
+
+    @property
+    def small_batchnorm(self) -> bool:
+        """BatchNorm saw fewer images per statistic than the reference's."""
+        reference = self.doc.get("reference_batchnorm_images")
+        return None not in (self.batchnorm_images, reference) and self.batchnorm_images < reference
+
+    @property
+    def precision(self) -> str:
+        return str(self.doc.get("precision", ""))
+
+    @property
+    def not_fp32(self) -> bool:
+        """Scored at another precision than the reference's fp32 (unknown precision counts as fp32)."""
+        return bool(self.precision) and not self.precision.startswith("fp32")
 
 
 Metrics = Mapping[str, list[Finished]]  # cell -> its evaluated runs (one per seed finished so far)
@@ -140,7 +166,11 @@ def cell_frame(params: Params, preset: str, metrics: Metrics, root: Path = Path(
                      "diff": mean("mIoU") - cell.reference_miou if runs else None, "seeds": len(runs),
                      "seeds_planned": len(params.seeds(cell_id, preset)),
                      "gpu_hours": sum(hours) if hours and None not in hours else None,
-                     "stale": any(run.stale for run in runs)})
+                     "stale": any(run.stale for run in runs),
+                     "batchnorm_images": min((r.batchnorm_images for r in runs if r.batchnorm_images is not None),
+                                             default=None),
+                     "reference_batchnorm_images": next((r.doc.get("reference_batchnorm_images") for r in runs), None),
+                     "eval_precision": ", ".join(sorted({r.precision for r in runs if r.precision})) or None})
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
@@ -179,8 +209,23 @@ def render(params: Params, preset: str, metrics: Metrics, link_base: str, root: 
                                   disable_numparse=True)
         where = measured_on([run for cell in rows["cell"] for run in metrics.get(cell, [])])
         note = f"\n\n{STALE_NOTE.format(preset=preset).strip()}" if rows["stale"].any() else ""
+        note += footnotes([(cell, run) for cell in rows["cell"] for run in metrics.get(cell, [])])
         sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{where}{table}{note}")
     return "\n\n".join(sections) + "\n"
+
+
+def footnotes(runs: list[tuple[str, Finished]]) -> str:
+    """The notes under a section for its runs marked † (BatchNorm below the reference's) or ‡ (not fp32)."""
+    seeded = {cell for cell, _ in runs if sum(c == cell for c, _ in runs) > 1}
+
+    def name(cell: str, run: Finished) -> str:
+        return f"{cell} seed {run.seed}" if cell in seeded else cell
+    small = [f"{name(cell, run)} {run.batchnorm_images} (reference {run.doc['reference_batchnorm_images']})"
+             for cell, run in runs if run.small_batchnorm]
+    other = [f"{name(cell, run)} {run.precision}" for cell, run in runs if run.not_fp32]
+    notes = ([BATCHNORM_NOTE.format(mark=BATCHNORM_MARK, runs="; ".join(small))] if small else []) + \
+        ([PRECISION_NOTE.format(mark=PRECISION_MARK, runs="; ".join(other))] if other else [])
+    return "".join(f"\n\n{note}" for note in notes)
 
 
 def measured_on(runs: list[Finished]) -> str:
@@ -208,7 +253,8 @@ def _row(params: Params, preset: str, row: Any, runs: list[Finished], link_base:
     crop = f"{data['crop_size'][0]}x{data['crop_size'][1]}"
     schedule = f"LR/POLICY/BS/EPOCH: {_number(recipe['train']['lr'])}/{POLICY}/{data['batch_size']}/{data['epochs']}"
     sets = f"{data['train_set_name']}/{data['val_set_name']}"
-    stale = " (stale)" if row.stale else ""
+    stale = (" (stale)" if row.stale else "") + (BATCHNORM_MARK if any(r.small_batchnorm for r in runs) else "") \
+        + (PRECISION_MARK if any(r.not_fp32 for r in runs) else "")
     reference = f"{cell.reference_miou:.2f}%"
     if pd.isna(row.mIoU):
         return backbone, crop, schedule, sets, "-", reference, "-", "-"

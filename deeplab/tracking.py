@@ -169,6 +169,15 @@ class Tracker:
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)  # synchronous on this thread: a failure is seen
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Queued: set (or overwrite) tags of the run."""
+        self._submit("set tags", self._set_tags, {k: str(v) for k, v in tags.items()})
+
+    def _set_tags(self, tags: Mapping[str, str]) -> None:
+        if self.run_id is not None:
+            from mlflow.entities import RunTag
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         self._submit(f"upload {path}", self._log_artifact, str(path), folder)
 

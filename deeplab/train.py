@@ -32,7 +32,7 @@ from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.environment import versions
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion, image_weights, valid_pixels
-from deeplab.memory import ModelShape, accumulation_steps, predicted_line
+from deeplab.memory import GIB, ModelShape, accumulation_steps, gpus_for_whole_batch, predicted_line
 from deeplab.model import build_model
 from deeplab.paths import CellFiles
 from deeplab.precision import configure_backends, resolve_precision
@@ -40,12 +40,18 @@ from deeplab.schedule import build_optimizer, build_scheduler
 from deeplab.transforms import Augmentation, normalize, photometric_distortion, sample_seed
 
 LOG_FIELDS = ("iteration", "loss", "main_loss", "aux_loss", "lr", "images", "images_per_s", "peak_memory_mb",
-              "micro_batch")
+              "micro_batch", "batchnorm_images")
 DROPOUT_SLOT = 1 << 20  # sample_seed slot of the per-iteration dropout seed, apart from the sample slots
 
 
 class NonFiniteLoss(PipelineError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+    exit_code = 1
+
+
+class Diverging(PipelineError):
+    """``train.stop_when_diverging``: the loss stayed above the reference's band; a checkpoint was written."""
 
     exit_code = 1
 
@@ -59,19 +65,51 @@ class Interrupted(PipelineError):
         self.exit_code = 128 + signum
 
 
+def batchnorm_images(micro_batch: int, ctx: Context) -> int:
+    """Images each BatchNorm statistic is computed over: the micro-batch, times the processes where
+    SyncBatchNorm joins them (DDP on GPUs; gloo on the CPU keeps one statistic per process)."""
+    return micro_batch * (ctx.world if ctx.distributed and ctx.device.type == "cuda" else 1)
+
+
 def micro_batch_for(cfg: CellConfig, ctx: Context, model: nn.Module, dtype: torch.dtype | None,
                     memory: Memory | None = None) -> int:
     """Images per forward pass on this rank: from ``train.max_micro_batch``, or found by auto-fit (a GPU,
-    or the ``memory`` a test pretends); on a CPU ``auto`` is the whole share."""
+    or the ``memory`` a test pretends); on a CPU ``auto`` is the whole share. Warns once when BatchNorm
+    then sees fewer images than the reference's."""
     share = cfg.share(ctx.world)
     setting = cfg.train.max_micro_batch
     if setting != "auto":
-        return share // accumulation_steps(share, setting)
+        micro = share // accumulation_steps(share, setting)
+        warn_if_batchnorm_below_reference(cfg, ctx, micro, f"set train.max_micro_batch (now {setting}) to 0 or auto "
+                                                           "where the whole share fits")
+        return micro
     if memory is None and ctx.device.type != "cuda":
         return share
     memory = memory or CudaMemory(model, cfg, ctx.device, dtype)
-    return choose(share, memory, predicted_line(ModelShape.of(cfg, "fp32" if dtype is None else "bf16"), cfg.train),
-                  log=print if ctx.is_main else lambda line: None)
+    line = predicted_line(ModelShape.of(cfg, "fp32" if dtype is None else "bf16"), cfg.train)
+    gpu_gib = memory.free_bytes() / GIB
+    micro = choose(share, memory, line, log=print if ctx.is_main else lambda text: None)
+    gpus = gpus_for_whole_batch(line, cfg.data.batch_size, gpu_gib)
+    warn_if_batchnorm_below_reference(cfg, ctx, micro, (
+        f"train on {gpus} such GPUs (params/cells.yaml: gpus: {gpus}; SyncBatchNorm joins them)"
+        if gpus and gpus > cfg.cell.gpus else "train on more GPUs (params/cells.yaml: gpus; SyncBatchNorm joins them)")
+        + " or on a GPU with more memory")
+    return micro
+
+
+def warn_if_batchnorm_below_reference(cfg: CellConfig, ctx: Context, micro_batch: int, alternative: str) -> None:
+    """One warning (from the main process) when BatchNorm's statistics cover fewer images than the
+    reference's: gradient accumulation keeps the loss's gradient, not the statistics."""
+    images, reference = batchnorm_images(micro_batch, ctx), cfg.reference_batchnorm_images
+    if images >= reference or not ctx.is_main:
+        return
+    steps = cfg.share(ctx.world) // micro_batch
+    warnings.warn(f"{cfg.run_name}: BatchNorm normalises over {images} images per statistic (micro-batch "
+                  f"{micro_batch} x {steps} accumulation steps{f' on {ctx.world} processes' if ctx.distributed else ''}), "
+                  f"the reference over {reference} (its whole batch, SyncBatchNorm across its GPUs). Accumulation "
+                  "keeps the loss's gradient, not BatchNorm's statistics: such runs can land below the reference's "
+                  f"mIoU (the table marks them). To keep the reference's statistics, {alternative}.",
+                  RuntimeWarning, stacklevel=2)
 
 
 def make_loader(cfg: CellConfig, ctx: Context, start: int, stop: int, micro_batch: int) -> DataLoader:
@@ -273,7 +311,8 @@ def log_window(window: Window, state: State, cfg: CellConfig, ctx: Context, log:
     peak = torch.cuda.max_memory_allocated(ctx.device) / 2**20 if ctx.device.type == "cuda" else 0.0
     row = {"iteration": state.iteration, "loss": sums[0], "main_loss": sums[1], "aux_loss": sums[2],
            "lr": state.optimizer.param_groups[0]["lr"], "images": images, "images_per_s": images / elapsed,
-           "peak_memory_mb": peak, "micro_batch": state.micro_batch}
+           "peak_memory_mb": peak, "micro_batch": state.micro_batch,
+           "batchnorm_images": batchnorm_images(state.micro_batch, ctx)}
     log.append(row)
     on_metrics({k: v for k, v in row.items() if k != "iteration"}, state.iteration)
 
@@ -315,6 +354,8 @@ def _after_oom(state: State, cfg: CellConfig, ctx: Context) -> int:
                           "train.max_micro_batch lower (or auto) and rerun: training resumes from its checkpoint")
     warnings.warn(f"out of memory at iteration {state.iteration + 1} with a micro-batch of {state.micro_batch} "
                   f"images; retrying it and going on with {retry}", RuntimeWarning, stacklevel=2)
+    warn_if_batchnorm_below_reference(cfg, ctx, retry, "set train.max_micro_batch to auto on a GPU with more free "
+                                                       "memory, or train on more GPUs (params/cells.yaml: gpus)")
     if ctx.device.type == "cuda":
         torch.cuda.empty_cache()
     return retry
@@ -322,9 +363,11 @@ def _after_oom(state: State, cfg: CellConfig, ctx: Context) -> int:
 
 def run_iterations(state: State, loader_for: Callable[[int, int], DataLoader], cfg: CellConfig, ctx: Context,
                    max_iters: int, checkpoint: Path, log: TrainLog, on_metrics: Logger,
-                   on_validate: Callable[[int], None], dtype: torch.dtype | None) -> None:
+                   on_validate: Callable[[int], None], dtype: torch.dtype | None,
+                   stop_reason: Callable[[], str | None] = lambda: None) -> None:
     """The loop: one optimiser step per iteration; log, check, checkpoint, validate at their periods. A
-    step that runs out of memory is retried with a smaller micro-batch (same images, same gradient)."""
+    step that runs out of memory is retried with a smaller micro-batch (same images, same gradient). After
+    each log point, ``stop_reason()`` (any rank's) stops the run after a checkpoint (:class:`Diverging`)."""
     accumulation = cfg.share(ctx.world) // state.micro_batch
     batches: Iterator[dict[str, torch.Tensor]] = iter(loader_for(state.iteration, state.micro_batch))
     window, t = Window(ctx.device), cfg.train
@@ -351,13 +394,21 @@ def run_iterations(state: State, loader_for: Callable[[int, int], DataLoader], c
             stop = _stop_requested(signals, ctx, at_log) and state.iteration < max_iters  # else just finish
             if at_log or at_checkpoint or stop:
                 check_finite(window, checkpoint, ctx)
+            reason = None
             if at_log:
                 log_window(window, state, cfg, ctx, log, on_metrics)
+                reason = stop_reason() if state.iteration < max_iters else None
+                if ctx.distributed and any_rank(ctx, reason is not None):
+                    reason = reason or "another rank's loss left the reference's band"
             state.scheduler.step()
             if at_log:
                 window = Window(ctx.device)
-            if (at_checkpoint or stop) and state.iteration < max_iters:
+            if (at_checkpoint or stop or reason) and state.iteration < max_iters:
                 _write_checkpoint(state, cfg, checkpoint, ctx)
+            if reason:
+                raise Diverging(f"{reason}; stopped at iteration {state.iteration} (train.stop_when_diverging) "
+                                f"with checkpoint {checkpoint}: check the data and the recipe, then rerun to resume "
+                                "(with train.stop_when_diverging: false to go on regardless)")
             if stop:
                 raise Interrupted(signals.signum or signal.SIGTERM, f"stopped by signal {signals.signum} at "
                                   f"iteration {state.iteration}; checkpoint {checkpoint}; rerun to resume")
@@ -382,7 +433,7 @@ def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) ->
 
 def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None,
           on_metrics: Logger = lambda m, s: None, on_validate: Callable[[nn.Module, int], None] = lambda model, it: None,
-          memory: Memory | None = None) -> Path:
+          memory: Memory | None = None, stop_reason: Callable[[], str | None] = lambda: None) -> Path:
     """Train one run into its files (``cfg.files``, from the prepared data at ``cfg.prepared_dir``), resuming
     from its checkpoint if present; return the path of the final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points. The caller
     holds the cell's lock (:func:`cell_lock`), so no second copy writes the same files."""
@@ -407,7 +458,8 @@ def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path 
     state.model.train()
     state.micro_batch = micro_batch_for(cfg, ctx, state.bare_model(), dtype, memory)
     run_iterations(state, lambda start, micro: make_loader(cfg, ctx, start, max_iters, micro), cfg, ctx,
-                   max_iters, checkpoint, log, on_metrics, lambda it: _validate(state, on_validate, it), dtype)
+                   max_iters, checkpoint, log, on_metrics, lambda it: _validate(state, on_validate, it), dtype,
+                   stop_reason)
     final = Path(files.model)
     if ctx.is_main:
         save_final(state.bare_model(), cfg, final, state.iteration)

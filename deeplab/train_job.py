@@ -3,12 +3,15 @@
 Writes, in this order: ``config.yaml`` (the resolved recipe, its digest, the schedule's length), the
 environment record, the training log and checkpoints as it goes and, last, the model (deeplab.train).
 MLflow mirrors them in the cell's run, which the evaluation job reopens. Where the reference's training log
-has been fetched, the schedule is checked against it before any GPU time is spent.
+has been fetched, the schedule is checked against it before any GPU time is spent, and the loss against
+its band at every log point while training (:class:`Yardstick`).
 """
 from __future__ import annotations
 
+import csv
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,6 +68,43 @@ def validator(cfg: CellConfig, ctx: distributed.Context, tracker: Tracker) -> Ca
     return validate
 
 
+class Yardstick:
+    """The reference's training log as a yardstick while training: at each log point our loss is compared
+    with its band (deeplab.reference.loss_stays_above); the first time it stayed above for the stated
+    windows, one warning and an MLflow tag and, with ``train.stop_when_diverging``, the reason to stop."""
+
+    def __init__(self, cfg: CellConfig, max_iters: int, tracker: Tracker, enabled: bool = True) -> None:
+        rows = reference_rows(cfg) if enabled else []  # DDP: rank 0 judges, the others follow its stop
+        self.rows = rows if rows and int(rows[0]["max_iters"]) == max_iters else []  # the same schedule only
+        self.cfg, self.tracker = cfg, tracker
+        self.ours: dict[int, float] = {}
+        self.reason: str | None = None
+        self.warned = False
+        log = Path(cfg.files.train_log)
+        if self.rows and log.is_file():  # a resumed run: the windows logged before
+            with log.open() as f:
+                self.ours = {int(r["iteration"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+    def __call__(self, metrics: dict[str, float], iteration: int) -> None:
+        if not self.rows or self.warned:
+            return
+        self.ours[iteration] = metrics["loss"]
+        start = reference.loss_stays_above(self.ours, self.rows)
+        if start is None:
+            return
+        self.warned = True
+        what = (f"from iteration {start} the training loss stayed more than {reference.LOSS_BAND:.0%} above the "
+                f"reference's for {reference.LOSS_WINDOWS} log windows (up to iteration {iteration}; its training log)")
+        warnings.warn(f"{self.cfg.run_name}: {what}: check the data and the recipe before the run goes on",
+                      RuntimeWarning, stacklevel=2)
+        self.tracker.set_tags({"diverging_from_reference": what})
+        if self.cfg.train.stop_when_diverging:
+            self.reason = what
+
+    def stop_reason(self) -> str | None:
+        return self.reason
+
+
 def run_training(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]:
     """Train the cell (resuming by itself) under its lock; return the model's path and the iterations."""
     with cell_lock(cfg.files, enabled=ctx.is_main) as leftovers:
@@ -87,9 +127,14 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
     tracker.start(cfg.run_name, params=cfg.to_dict(),
                   tags={**run_tags(cfg), **{f"env.{k}": str(env.get(k)) for k in ENV_TAGS}})
     tracker.monitor_system()
+    yardstick = Yardstick(cfg, max_iters, tracker, enabled=ctx.is_main)
+
+    def on_metrics(metrics: dict[str, float], iteration: int) -> None:
+        tracker.log_metrics(metrics, iteration)
+        yardstick(metrics, iteration)
     try:
-        final = train(cfg, ctx, max_iters=max_iters,
-                      weights=weights, on_metrics=tracker.log_metrics, on_validate=validator(cfg, ctx, tracker))
+        final = train(cfg, ctx, max_iters=max_iters, weights=weights, on_metrics=on_metrics,
+                      on_validate=validator(cfg, ctx, tracker), stop_reason=yardstick.stop_reason)
     except Interrupted:
         tracker.end("KILLED")
         raise

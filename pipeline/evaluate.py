@@ -9,7 +9,7 @@ protocols, and provenance. The numbers are mirrored to the cell's MLflow run (th
 """
 from __future__ import annotations
 
-from deeplab.eval_job import protocols, run_evaluation
+from deeplab.device import resolve
 from pipeline import stage
 
 
@@ -24,7 +24,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         cfg = stage.params(args).resolve(args.cell, args.preset, args.seed)
-        doc = run_evaluation(cfg, protocols(cfg, args.multi_scale, args.sliding_window), args.out)
+        device = resolve(cfg.train.device)  # first: no GPU, no data read and no MLflow run opened
+        from deeplab.eval_job import protocols, run_evaluation  # after the check: seconds of imports
+        doc = run_evaluation(cfg, protocols(cfg, args.multi_scale, args.sliding_window), device, args.out)
         extra = "".join(f", {k} {v['mIoU']:.2f}" for k, v in doc["extra"].items())
         print(f"pipeline.evaluate: {cfg.run_name}: mIoU {doc['mIoU']:.2f} (aAcc {doc['aAcc']:.2f}, mAcc "
               f"{doc['mAcc']:.2f}{extra}) on {doc['images']} images in {doc['seconds']} s")

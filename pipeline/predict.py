@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from deeplab.datasets import DatasetError, read_meta
+from deeplab.device import resolve
 from deeplab.evaluate import SINGLE_SCALE, InputSpec, multi_scale
 from deeplab.model import load_trained
 from deeplab.predict import images_in, predict_images
@@ -37,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         cfg = stage.params(args).resolve(args.cell, args.preset, args.seed)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = resolve("auto")  # a few images: the GPU when usable, else the CPU, whatever train.device says
         spec = InputSpec.of(cfg, device)
         configure_backends(spec.dtype)
         model = load_trained(cfg, Path(cfg.files.model), device)

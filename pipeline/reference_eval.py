@@ -19,8 +19,8 @@ import os
 from pathlib import Path
 
 from deeplab.config import Params
+from deeplab.device import resolve
 from deeplab.errors import PipelineError
-from deeplab.eval_job import reference_config, run_reference_evaluation
 from pipeline import stage
 
 
@@ -65,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
             return
         if args.check:
             raise PipelineError("--check goes with --table (the generated reference.md); an evaluation always runs")
-        doc = run_reference_evaluation(reference_config(params, args.cell, args.preset), args.source)
+        cfg = params.resolve_reference(args.cell, args.preset)
+        device = resolve(cfg.train.device)  # first: no GPU, nothing downloaded and no MLflow run opened
+        from deeplab.eval_job import run_reference_evaluation  # after the check: seconds of imports
+        doc = run_reference_evaluation(cfg, device, args.source)
         multi = doc["extra"]["multi-scale+flip"]["mIoU"]
         print(f"pipeline.reference_eval: {args.cell}: the reference's weights score mIoU {doc['mIoU']:.2f} here "
               f"(published {doc['reference_mIoU']:.2f}, diff {doc['diff']:+.2f}; ms+flip {multi:.2f}) on "

@@ -11,7 +11,6 @@ after writing a checkpoint.
 from __future__ import annotations
 
 from deeplab import distributed
-from deeplab.train_job import run_training
 from pipeline import stage
 
 
@@ -22,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> None:
         cfg = stage.params(args).resolve(args.cell, args.preset, args.seed)
-        ctx = distributed.setup()
+        ctx = distributed.setup(cfg.train.device)  # first: no GPU, no data read
+        from deeplab.train_job import run_training  # after the check: seconds of imports
         try:
             final, max_iters = run_training(cfg, ctx)
         finally:

@@ -102,3 +102,32 @@ def test_a_step_out_of_memory_is_retried_with_half_the_micro_batch(project: Path
     shutil.rmtree(project / "results")
     by_hand = _train(project, monkeypatch, 2)
     assert all(torch.equal(retried[k], by_hand[k]) for k in by_hand)
+
+
+def test_a_run_whose_batchnorm_sees_fewer_images_is_warned_recorded_and_footnoted(
+        project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train.max_micro_batch 2 of a batch of 4: one warning before training, batchnorm_images 2 in the
+    training log, metrics.json and the MLflow run, and the table's row carries † with its note."""
+    import json
+
+    import pipeline.evaluate
+    import pipeline.table
+    shrink_params(project / "params", batch=4, train={"max_micro_batch": 2})
+    monkeypatch.chdir(project)
+    with pytest.warns(RuntimeWarning, match=r"BatchNorm normalises over 2 images per statistic \(micro-batch 2 x 2 "
+                                            r"accumulation steps\), the reference over 4") as seen:
+        assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    assert len([w for w in seen if "BatchNorm normalises" in str(w.message)]) == 1
+    assert {row["batchnorm_images"] for row in _log(project)} == {"2"}
+    assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    cfg = load_params("params").resolve(CELL, "smoke")
+    doc = json.loads(Path(cfg.files.metrics).read_text())
+    assert doc["batchnorm_images"] == 2 and doc["reference_batchnorm_images"] == 4
+    from mlflow import MlflowClient
+    assert MlflowClient().get_run(doc["provenance"]["mlflow_run_id"]).data.metrics["batchnorm_images"] == 2
+    assert pipeline.table.main(["--preset", "smoke"]) == 0
+    table = Path(cfg.preset.paths.table()).read_text()
+    row = next(line for line in table.splitlines() if "OS=16" in line and "%" in line and "†" in line)
+    assert "-" not in row.split("|")[5]  # a measured mIoU, marked
+    assert "† BatchNorm normalised over fewer images per statistic than the reference's" in table
+    assert f"{CELL} seed 0 2 (reference 4)" in table or f"{CELL} 2 (reference 4)" in table

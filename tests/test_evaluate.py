@@ -14,7 +14,8 @@ import pipeline.evaluate
 from deeplab.config import load_params
 from deeplab.datasets import read_split
 from deeplab.metrics import ConfusionMatrix
-from deeplab.evaluate import SINGLE_SCALE, InputSpec, _windows, multi_scale, predict, sliding_window
+from deeplab import evaluate as evaluation
+from deeplab.evaluate import SINGLE_SCALE, InputSpec, _windows, evaluate_split, multi_scale, predict, sliding_window
 from deeplab.model import build_model
 from deeplab.train import save_final
 from tests.train_fixtures import ROOT, project, shrink_params  # noqa: F401  (fixture)
@@ -103,9 +104,10 @@ def test_weights_of_another_config_are_refused(project: Path, monkeypatch: pytes
 @pytest.mark.parametrize("precision, expected", [("fp32", "fp32 (TF32 off)"), ("bf16", "bf16 autocast")])
 def test_fp32_means_fp32_in_evaluation_and_metrics_say_which(precision: str, expected: str, project: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """Evaluation sets the backends itself (TF32 off for fp32: cuDNN allows it by default) and records the
-    precision that scored it."""
-    shrink_params(project / "params", train={"precision": precision})
+    """Evaluation computes at evaluate.precision, whatever the training's (here the other one), sets the
+    backends itself (TF32 off for fp32: cuDNN allows it by default) and records the precision that scored it."""
+    shrink_params(project / "params", train={"precision": "fp32" if precision == "bf16" else "bf16"},
+                  evaluate={"precision": precision})
     monkeypatch.chdir(project)
     cfg = load_params("params").resolve(CELL, "smoke")
     save_final(build_model(cfg, torch.device("cpu")), cfg, Path(cfg.files.model), 4)
@@ -123,3 +125,45 @@ def test_fp32_means_fp32_in_evaluation_and_metrics_say_which(precision: str, exp
     assert metrics["precision"] == expected and metrics["protocol"].endswith(expected)
     tf32 = torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32
     assert (not tf32 and not any(autocast_seen)) if precision == "fp32" else (tf32 and all(autocast_seen))
+    from mlflow import MlflowClient
+    run = MlflowClient().get_run(metrics["provenance"]["mlflow_run_id"])
+    assert run.data.tags["eval_precision"] == expected
+
+
+@pytest.mark.parametrize("failures, how", [(1, "its logits resized and summed on the CPU"),
+                                           (2, "the forward pass on the CPU")])
+def test_a_pass_out_of_memory_is_done_again_with_the_same_numbers(failures: int, how: str, project: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each image's largest multi-scale passes (ratio 1.75, both flips) run out of memory ``failures`` times
+    on the model itself: they are done again off the GPU (logits summed on the CPU; then the forward on a
+    CPU copy of the model), one warning per image and scale, and every protocol's confusion matrix equals
+    the run without the failures."""
+    shrink_params(project / "params")
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve(CELL, "smoke")
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg, cpu).eval()
+    chosen = [SINGLE_SCALE, multi_scale(cfg.evaluate)]
+
+    def score() -> dict[str, torch.Tensor]:
+        result = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
+                                spec=InputSpec.of(cfg, cpu), protocols=chosen, device=cpu)
+        return {name: matrix.matrix.clone() for name, matrix in result.matrices.items()}
+    clean = score()
+    real, failed = evaluation._pass, {}
+    largest = max(cfg.evaluate.ms_ratios)
+
+    def out_of_memory(net, source, ratio, flip, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        key = (float(source.sum()), flip)  # one image's pass
+        if net is model and ratio == largest and failed.get(key, 0) < failures:
+            failed[key] = failed.get(key, 0) + 1
+            raise torch.OutOfMemoryError("CUDA out of memory (pretend)")
+        return real(net, source, ratio, flip, *args, **kwargs)
+    monkeypatch.setattr(evaluation, "_pass", out_of_memory)
+    with pytest.warns(RuntimeWarning, match=f"at scale {largest} did not fit the GPU's memory; done again with {how}") as seen:
+        retried = score()
+    images = len(read_split(cfg.prepared_dir, cfg.data.val_split))
+    assert len(failed) == 2 * images and set(failed.values()) == {failures}  # both flips of every image
+    assert len([w for w in seen if "did not fit" in str(w.message)]) == images  # one per image and scale
+    assert all(torch.equal(clean[name], retried[name]) for name in clean)

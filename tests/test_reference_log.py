@@ -89,3 +89,30 @@ def test_what_its_log_says_it_spent_fills_readmes_cost_and_memory_columns(projec
     assert spent[CELL] == reference.Spent(seconds_per_iter=2.0, max_gpu_gb=9.5, max_iters=8, gpus=8) and spent["voc-r50-os8"] is None
     frame = cost_frame(params, "smoke", {}, spent).set_index("cell")["reference GPU-hours (its log)"]
     assert frame[CELL] == f"{2.0 * 8 * 8 / 3600:.1f} (2.00 s/it x 8)" and frame["voc-r50-os8"] == "-"
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_training_itself_warns_and_stops_when_asked_at_the_window_the_band_says(
+        stop: bool, project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """A reference far below us: at the 5th log window above its band (iteration 5 with a row per
+    iteration) training warns once and tags its MLflow run; with train.stop_when_diverging it writes a
+    checkpoint at that iteration and stops (exit 1) naming the reason, else it trains to the end."""
+    shrink_params(project / "params", epochs=2, train={"lr": 0.01, "stop_when_diverging": stop, "checkpoint_every": 100})
+    monkeypatch.chdir(project)
+    place_log(project, [0.01] * 8)
+    with pytest.warns(RuntimeWarning, match=r"from iteration 1 the training loss stayed more than 10% above the "
+                                            r"reference's for 5 log windows \(up to iteration 5") as seen:
+        code = pipeline.train.main(["--cell", CELL, "--preset", "smoke"])
+    assert len([w for w in seen if "above the reference's" in str(w.message)]) == 1
+    cfg = load_params(project / "params").resolve(CELL, "smoke")
+    from mlflow import MlflowClient
+    run_id = (project / cfg.files.run_id).read_text()
+    run = MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run_id)
+    assert "from iteration 1" in run.data.tags["diverging_from_reference"]
+    if not stop:
+        assert code == 0 and (project / cfg.files.model).is_file()
+        return
+    import torch
+    assert code == 1 and "stopped at iteration 5 (train.stop_when_diverging)" in capsys.readouterr().err
+    assert torch.load(project / cfg.files.checkpoint, weights_only=False)["iteration"] == 5
+    assert not (project / cfg.files.model).exists() and run.info.status == "FAILED"

@@ -35,7 +35,8 @@ def _run_dag(tmp_path_factory: pytest.TempPathFactory, name: str, command: list[
         assert text.count("epochs: 10,") == 3, "the smoke preset's epochs moved: update this test"
         presets.write_text(text.replace("epochs: 10,", f"epochs: {epochs},"))
     uri = f"sqlite:///{tmp_path_factory.mktemp(f'{name}-mlflow') / 'mlflow.db'}"
-    run_tool(command, checkout, timeout=DAG_TIMEOUT_S, MLFLOW_TRACKING_URI=uri)
+    result = run_tool(command, checkout, timeout=DAG_TIMEOUT_S, MLFLOW_TRACKING_URI=uri)
+    (checkout.parent / f"{checkout.name}-output.txt").write_text(result.stdout + result.stderr)
     return checkout, uri
 
 
@@ -65,6 +66,11 @@ def _check_outcome(checkout: Path, uri: str, learned: bool = True) -> None:
                           r"\s*[+-]\d+\.\d\d(?: ± \d+\.\d\d)?\s*\|", table)
     assert len(measured) == 12 and re.search(r"± \d+\.\d\d% \(n=2\)", table), table
     assert table.count("Measured on: ") == 3, table
+    for run in RUNS:  # CPU: each run's whole batch at once, as the reference's BatchNorm sees it; fp32 scoring
+        doc = json.loads((checkout / run.files.metrics).read_text())
+        assert doc["batchnorm_images"] == doc["reference_batchnorm_images"] == 8, run.run_name
+        assert doc["precision"] == "fp32 (TF32 off)", run.run_name
+    assert "†" not in table and "‡" not in table, table
     with (checkout / paths.summary()).open() as f:
         summary = {row["cell"]: row for row in csv.DictReader(f)}
     for cell in CELLS:
@@ -99,6 +105,8 @@ def demo_expectations() -> tuple[float, float]:
 
 def test_snakemake_runs_the_smoke_dag(snakemake_run: tuple[Path, str]) -> None:
     _check_outcome(*snakemake_run)
+    output = (snakemake_run[0].parent / f"{snakemake_run[0].name}-output.txt").read_text()
+    assert "pipeline.doctor: nothing blocks preset smoke" in output, output[-3000:]  # onstart ran it first
 
 
 def test_the_snakemake_report_is_one_self_contained_page(snakemake_run: tuple[Path, str]) -> None:

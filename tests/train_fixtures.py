@@ -72,7 +72,7 @@ def write_prepared(folder: Path, *, num_classes: int = 5, n_train: int = 8, n_va
 
 def shrink_params(params_dir: Path, *, crop: int = 32, batch: int = 2, epochs: int = 1,
                   train: dict[str, Any] | None = None, dataset: dict[str, Any] | None = None,
-                  model: dict[str, Any] | None = None) -> Path:
+                  model: dict[str, Any] | None = None, evaluate: dict[str, Any] | None = None) -> Path:
     """Rewrite the copy's ``smoke`` preset: tiny crops, thin heads, deterministic, no workers."""
     doc = yaml.safe_load((params_dir / "presets.yaml").read_text())
     smoke = doc["presets"]["smoke"]
@@ -84,6 +84,8 @@ def shrink_params(params_dir: Path, *, crop: int = 32, batch: int = 2, epochs: i
                   "low_level_channels": 8, **(model or {})},
         "train": {"checkpoint_every": 2, "log_every": 1, "workers": 0, "deterministic": True,
                   "precision": "fp32", **(train or {})}}
+    if evaluate:
+        smoke["overrides"]["evaluate"] = dict(evaluate)
     (params_dir / "presets.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     return params_dir
 

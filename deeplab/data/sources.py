@@ -82,6 +82,14 @@ ARCHIVES: Mapping[str, tuple[ArchiveSpec, ...]] = MappingProxyType({
     "cityscapes": (_GTFINE, _LEFTIMG),
 })
 
+# dataset -> disk it takes, in GiB, for `pipeline.doctor`'s free-space check: its archives as published
+# (the sizes above; ADE20k's 0.9 and Cityscapes' 0.24 + 11 from the download pages, approximate), and the
+# prepared copy, at most what the archives hold (images are copied or converted, labels re-encoded).
+DISK_GIB: Mapping[str, float] = MappingProxyType({"voc": 3.2, "ade20k": 0.9, "cityscapes": 11.3})
+PREPARED_SHARE = 1.0      # prepared copy / archives, an upper bound
+SYNTHETIC_GIB = 0.01      # a synthetic preset's archives and prepared copy, per dataset
+RUN_GIB = 1.5             # one training run's results: model, checkpoint (weights + momentum), MLflow's model copy
+
 # backbone -> ImageNet checkpoint (ResNet V1c, openmmlab); the 8 hex digits in the name start its sha256
 IMAGENET_WEIGHTS: Mapping[str, ArchiveSpec] = MappingProxyType({
     "r50": ArchiveSpec(filename="resnet50_v1c-2cccc1ad.pth",
