@@ -81,6 +81,7 @@ rule prepare_dataset:
     input: manifest=rules.download_dataset.output.manifest
     output: meta=PATHS.prepared_meta("{dataset}")
     log: PATHS.log("prepare_dataset", "{dataset}")
+    params: arrays=lambda w: PARAMS.dataset(w.dataset, PRESET).train_arrays  # stored as arrays too: prepare again
     threads: 2
     resources: mem_mb=8000, runtime=4 * 60
     shell: "{PY} -m pipeline.prepare --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"

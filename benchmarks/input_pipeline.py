@@ -1,160 +1,159 @@
-"""Training input pipeline throughput, per loader worker: decode + the full augmentation chain + collate.
+"""Training input pipeline per loader worker, per dataset at its real image sizes: the chain as it was
+(decode, resize the whole image, then crop) against the chain as it is (crop first: only the crop is
+resampled; Cityscapes' training pairs read as uint8 arrays by memory map instead of decoding PNGs), in
+the same run on the same files, and the loader workers each cell needs per GPU.
 
-Ours: torchvision.io decode (libjpeg-turbo / libpng) into uint8 tensors, uint8 rescale / crop / flip / pad
-in the worker (``deeplab.datasets.TrainDataset``) and collate; the photometric distortion and the
-normalisation run on the training device on whole batches, so they are not a worker's job. They are timed
-here on the CPU too, for a second, all-on-one-CPU figure. Baseline: a straightforward
-PIL/numpy implementation of the same chain per sample (PIL decode and resize, numpy crop with the
-single-class rule, flip, photometric distortion through PIL's uint8 HSV like the reference's OpenCV,
-normalise, pad), then collate. Both run in this one process on the same files, so the ratio holds per
-worker; the ratio is printed last.
+Files: VOC-sized JPEGs (500x375 and 375x500), ADE20k-sized JPEGs (683x512 and 512x683, its usual short
+side), Cityscapes-sized PNGs (2048x1024, smooth content with noise: 2-3 MB like the real ones) with label
+PNGs of class blocks. One thread = one loader worker. A worker's job is decode + rescale + crop + flip +
+pad + the label check + collate; the photometric distortion and normalisation run on the GPU.
 
-    python benchmarks/input_pipeline.py --quick     # ~1 minute on a 2-core CPU
+Workers a cell needs per GPU = 2 x (crops per second the GPU consumes) / (samples per second per worker),
+the GPU's rate from the cost model (deeplab.budget: 12 % of the H100's dense bf16 peak) or ``--gpu-rate``
+(a measured images/s of one step, e.g. from gpu_check). Target: Cityscapes 4x faster per worker than the
+previous chain; no cell above 4 workers per GPU.
+
+    python benchmarks/input_pipeline.py --quick     # about 40 s on a 2-core CPU
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from deeplab.config import load_params  # noqa: E402
-from deeplab.datasets import TrainDataset  # noqa: E402
-from deeplab.transforms import Augmentation, normalize, photometric_distortion, sample_seed  # noqa: E402
+from deeplab.budget import images_per_second  # noqa: E402
+from deeplab.config import DATASETS, load_params  # noqa: E402
+from deeplab.data.arrays import DESCRIPTION, write_pair  # noqa: E402
+from deeplab.datasets import SegmentationDataset, TrainDataset, check_label  # noqa: E402
+from deeplab.transforms import Augmentation, pad, random_crop, random_flip, random_rescale, sample_seed  # noqa: E402
 
-CFG = load_params(Path(__file__).resolve().parent.parent / "params").resolve("voc-r50-os8")  # the VOC recipe
-BASE, RATIO, CROP, CAT_MAX = CFG.data.base_scale, CFG.data.ratio_range, CFG.data.crop_size, CFG.data.cat_max_ratio
-MEAN, STD = CFG.train.mean, CFG.train.std
+PARAMS = load_params(Path(__file__).resolve().parent.parent / "params")
+SIZES = {"voc": ((375, 500), (500, 375)), "ade20k": ((512, 683), (683, 512)), "cityscapes": ((1024, 2048),)}
+FORMAT = {"voc": "jpg", "ade20k": "jpg", "cityscapes": "png"}
 
 
-def write_images(folder: Path, count: int) -> Path:
-    """VOC-sized JPEGs (500x375, some 375x500) with 21-class label PNGs and ignore borders."""
+def write_dataset(folder: Path, dataset: str, count: int) -> Path:
+    """``count`` image/label pairs at the dataset's sizes in the prepared layout (and its arrays where
+    params say so)."""
     rng = np.random.default_rng(0)
+    classes = PARAMS.datasets[dataset].num_classes
     (folder / "splits").mkdir(parents=True)
     lines = []
     for i in range(count):
-        h, w = (375, 500) if i % 3 else (500, 375)
+        h, w = SIZES[dataset][i % len(SIZES[dataset])]
         label = np.zeros((h, w), np.uint8)
-        for _ in range(3):
-            top, left = rng.integers(0, h // 2), rng.integers(0, w // 2)
-            label[top:top + h // 3, left:left + w // 3] = rng.integers(1, 21)
-        label[::37] = 255
-        image = (rng.integers(0, 256, (h, w, 3)) // 4 + label[..., None] * 8).astype(np.uint8)
-        Image.fromarray(image).save(folder / f"{i}.jpg", quality=90)
-        Image.fromarray(label).save(folder / f"{i}.png")
-        lines.append(f"{i}.jpg {i}.png")
+        for _ in range(6):
+            top, left = rng.integers(0, h * 3 // 4), rng.integers(0, w * 3 // 4)
+            label[top:top + h // 3, left:left + w // 4] = rng.integers(0, classes)
+        label[::41] = 255
+        rows, cols = np.mgrid[0:h, 0:w]
+        smooth = np.stack([(rows * 255 // h), (cols * 255 // w), ((rows + cols) * 127 // (h + w))], -1)
+        image = np.clip(smooth + label[..., None] * 3 + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+        name = f"{i}.{FORMAT[dataset]}"
+        Image.fromarray(image).save(folder / name, quality=90) if FORMAT[dataset] == "jpg" \
+            else Image.fromarray(image).save(folder / name, compress_level=6)
+        Image.fromarray(label).save(folder / f"{i}_label.png")
+        lines.append(f"{name} {i}_label.png")
     (folder / "splits" / "train.txt").write_text("\n".join(lines) + "\n")
+    meta = {"classes": [str(k) for k in range(classes)], "palette": [[k, k, k] for k in range(classes)]}
+    if PARAMS.datasets[dataset].train_arrays:
+        for line in lines:
+            write_pair(folder, *line.split())
+        meta["arrays"] = DESCRIPTION
+    (folder / "meta.json").write_text(json.dumps(meta))
     return folder
 
 
-def ours(folder: Path, batches: int, batch: int) -> tuple[float, float]:
-    """(worker images/s: decode + uint8 chain + collate, images/s with the batch colour ops on this CPU)."""
-    dataset = TrainDataset(folder, "train", Augmentation.of(CFG))
-    worker = device = 0.0
-    for b in range(batches):
-        started = time.perf_counter()
-        samples = [dataset[((b * batch + k) % len(dataset), sample_seed(0, b, k))] for k in range(batch)]
-        images = torch.stack([s["image"] for s in samples])
-        labels = torch.stack([s["label"] for s in samples])
-        photometric = torch.stack([s["photometric"] for s in samples])
-        valid = torch.stack([s["valid"] for s in samples])
-        middle = time.perf_counter()
-        x = normalize(photometric_distortion(images.float(), photometric), MEAN, STD, valid)  # the device's part
-        worker, device = worker + middle - started, device + time.perf_counter() - middle
-        assert x.shape == (batch, 3, *CROP) and labels.shape == (batch, *CROP)
-    return batches * batch / worker, batches * batch / (worker + device)
+def previous_sample(images: SegmentationDataset, index: int, aug: Augmentation, seed: int,
+                    classes: int) -> dict[str, torch.Tensor]:
+    """The chain as it was: decode, check the whole label, resize the whole image and label, crop, flip, pad."""
+    image, label, _ = images[index]
+    check_label(label, classes, images.pairs[index][1])
+    gen = torch.Generator().manual_seed(seed)
+    image, label = random_rescale(image, label, aug.base_scale, aug.ratio_range, gen)
+    image, label = random_crop(image, label, aug.crop, aug.cat_max_ratio, gen, aug.crop_tries)
+    image, label = random_flip(image, label, gen, aug.flip_prob)
+    image, label = pad(image, label, aug.crop)
+    return {"image": image.contiguous(), "label": label.contiguous()}
 
 
-def baseline_sample(image_path: Path, label_path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    image, label = Image.open(image_path).convert("RGB"), Image.open(label_path)
-    ratio = rng.uniform(*RATIO)
-    scale = (int(BASE[0] * ratio), int(BASE[1] * ratio))
-    w, h = image.size
-    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    size = (int(w * factor + 0.5), int(h * factor + 0.5))
-    image, label = np.asarray(image.resize(size, Image.BILINEAR)), np.asarray(label.resize(size, Image.NEAREST))
-    for _ in range(10):
-        top = rng.integers(0, max(label.shape[0] - CROP[0], 0) + 1)
-        left = rng.integers(0, max(label.shape[1] - CROP[1], 0) + 1)
-        window = label[top:top + CROP[0], left:left + CROP[1]]
-        values, counts = np.unique(window, return_counts=True)
-        counts = counts[values != 255]
-        if len(counts) > 1 and counts.max() / counts.sum() < CAT_MAX:
-            break
-    image = image[top:top + CROP[0], left:left + CROP[1]]
-    if rng.random() < 0.5:
-        image, window = image[:, ::-1], window[:, ::-1]
-    return photometric_numpy(image, rng), window
-
-
-def photometric_numpy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    x = image.astype(np.float32)
-    if rng.integers(2):
-        x = np.clip(x + rng.uniform(-32, 32), 0, 255)
-    mode = rng.integers(2)
-    if mode == 1 and rng.integers(2):
-        x = np.clip(x * rng.uniform(0.5, 1.5), 0, 255)
-    hsv = np.asarray(Image.fromarray(x.astype(np.uint8)).convert("HSV")).astype(np.int16)
-    if rng.integers(2):
-        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.5, 1.5), 0, 255)
-    if rng.integers(2):
-        hsv[..., 0] = (hsv[..., 0] + rng.integers(-18, 19) * 256 // 180) % 256
-    x = np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")).astype(np.float32)
-    if mode == 0 and rng.integers(2):
-        x = np.clip(x * rng.uniform(0.5, 1.5), 0, 255)
-    return x
-
-
-def baseline(folder: Path, batches: int, batch: int) -> float:
-    pairs = [line.split() for line in (folder / "splits" / "train.txt").read_text().splitlines()]
-    rng = np.random.default_rng(0)
-    mean, std = np.array(MEAN, np.float32), np.array(STD, np.float32)
+def rate(sample: Callable[[int, int], dict[str, torch.Tensor]], count: int, samples: int, batch: int) -> float:
+    """Samples per second of ``sample(index, seed)`` including the collate of ``batch``-sized batches."""
     started = time.perf_counter()
-    for b in range(batches):
-        images, labels = [], []
-        for k in range(batch):
-            name_image, name_label = pairs[(b * batch + k) % len(pairs)]
-            image, label = baseline_sample(folder / name_image, folder / name_label, rng)
-            image = (image - mean) / std
-            padded_image = np.zeros((*CROP, 3), np.float32)
-            padded_label = np.full(CROP, 255, np.uint8)
-            padded_image[:image.shape[0], :image.shape[1]] = image
-            padded_label[:label.shape[0], :label.shape[1]] = label
-            images.append(padded_image.transpose(2, 0, 1))
-            labels.append(padded_label)
-        x, y = torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
-        assert x.shape == (batch, 3, *CROP) and y.shape == (batch, *CROP)
-    return batches * batch / (time.perf_counter() - started)
+    for b in range(samples // batch):
+        items = [sample((b * batch + k) % count, sample_seed(0, b, k)) for k in range(batch)]
+        torch.stack([item["image"] for item in items]), torch.stack([item["label"] for item in items])
+    return samples // batch * batch / (time.perf_counter() - started)
+
+
+def label_check_ms(folder: Path, classes: int, repeats: int = 20) -> float:
+    """Milliseconds of the whole-label check of one decoded label (what the previous chain did per sample)."""
+    label = SegmentationDataset(folder, "train")[0][1]
+    started = time.perf_counter()
+    for _ in range(repeats):
+        check_label(label, classes, "bench")
+    return (time.perf_counter() - started) / repeats * 1000
+
+
+def measure(dataset: str, folder: Path, samples: int, batch: int, rounds: int) -> dict[str, float]:
+    cfg = PARAMS.resolve(next(c for c, cell in PARAMS.cells.items() if cell.dataset == dataset))
+    aug, classes = Augmentation.of(cfg), cfg.data.num_classes
+    count = len(SegmentationDataset(folder, "train"))
+    images = SegmentationDataset(folder, "train")
+    new = TrainDataset(folder, "train", aug, classes)
+    decoding = TrainDataset(folder, "train", aug, classes)
+    decoding.arrays = False  # the crop-first chain on the decoded files: the decode's share apart
+    chains = {"previous": lambda i, s: previous_sample(images, i, aug, s, classes),
+              "new": lambda i, s: new[(i, s)], "new, decoded files": lambda i, s: decoding[(i, s)]}
+    for chain in chains.values():  # warm-up: page cache, allocators
+        rate(chain, count, batch, batch)
+    rates: dict[str, list[float]] = {name: [] for name in chains}
+    for _ in range(rounds):  # interleaved, so load changes on a shared machine hit every chain
+        for name, chain in chains.items():
+            rates[name].append(rate(chain, count, samples, batch))
+    best = {name: max(values) for name, values in rates.items()}
+    best["label check ms"] = label_check_ms(folder, classes)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer batches (about a minute on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="fewer files and samples (about 40 s on 2 cores)")
+    parser.add_argument("--gpu-rate", type=float, default=None,
+                        help="images/s one GPU trains (a measured step); default: the cost model's per cell")
     args = parser.parse_args()
     torch.set_num_threads(1)  # a loader worker runs single-threaded
-    batches, batch = (6, 4) if args.quick else (25, 8)
+    count, samples, batch, rounds = (4, 8, 4, 1) if args.quick else (16, 48, 8, 2)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = write_images(Path(tmp), 16)
-        ours(folder, 1, 2), baseline(folder, 1, 2)  # warm-up: page cache, allocators
-        rates: dict[str, list[float]] = {"worker": [], "cpu_all": [], "baseline": []}
-        for _ in range(2):  # interleaved, so load changes on a shared machine hit both
-            worker, cpu_all = ours(folder, batches, batch)
-            rates["worker"].append(worker)
-            rates["cpu_all"].append(cpu_all)
-            rates["baseline"].append(baseline(folder, batches, batch))
-    best = {k: max(v) for k, v in rates.items()}
-    print(f"crop {CROP[0]}x{CROP[1]}, VOC-sized JPEGs (500x375), batch {batch}, 1 thread = one loader worker")
-    print(f"ours, loader worker (torchvision.io decode, uint8 rescale/crop/flip/pad, collate): {best['worker']:.1f} images/s")
-    print(f"ours, worker + photometric/normalise also on this CPU (GPU's job in training):  {best['cpu_all']:.1f} images/s")
-    print(f"baseline, PIL/numpy full chain per sample + collate:                          {best['baseline']:.1f} images/s")
-    print(f"ratio all on one CPU, ours / baseline: {best['cpu_all'] / best['baseline']:.2f}x (for information)")
-    print(f"ratio per loader worker, ours / baseline: {best['worker'] / best['baseline']:.2f}x (target >= 1.5x)")
+        for dataset in DATASETS:
+            folder = write_dataset(Path(tmp) / dataset, dataset, count)
+            results[dataset] = measure(dataset, folder, samples, batch, rounds)
+    print("samples/s per loader worker (1 thread; decode, rescale + crop + flip + pad, label check, collate)")
+    print(f"{'dataset':<12}{'previous':>10}{'new':>10}{'new, decoded files':>20}{'new / previous':>16}"
+          f"{'whole-label check':>19}")
+    for dataset, r in results.items():
+        print(f"{dataset:<12}{r['previous']:>10.1f}{r['new']:>10.1f}{r['new, decoded files']:>20.1f}"
+              f"{r['new'] / r['previous']:>15.2f}x{r['label check ms']:>16.2f} ms")
+    source = f"{args.gpu_rate:.0f} images/s measured" if args.gpu_rate else "the cost model's H100 rate"
+    print(f"\nloader workers per GPU = 2 x images/s ({source}) / samples/s per worker, new chain (previous)")
+    worst = 0.0
+    for cell_id, cell in PARAMS.cells.items():
+        gpu = args.gpu_rate or images_per_second(PARAMS.resolve(cell_id), "H100")
+        new, old = (2 * gpu / results[cell.dataset][k] for k in ("new", "previous"))
+        worst = max(worst, new)
+        print(f"  {cell_id:<22} {gpu:>6.0f} images/s: {new:5.1f} workers ({old:5.1f})")
+    print(f"ratio Cityscapes new / previous per worker: {results['cityscapes']['new'] / results['cityscapes']['previous']:.2f}x "
+          f"(target >= 4x); most workers any cell needs: {worst:.1f} (target <= 4)")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,22 @@ def training_images(config: CellConfig, num_train_images: int | None = None) -> 
     return config.max_iters(count) * config.data.batch_size
 
 
-def training_flops(config: CellConfig, num_train_images: int | None = None) -> float:
-    """Forward + backward FLOPs of the whole schedule (3 x the training forward, aux head included)."""
+def image_training_flops(config: CellConfig) -> float:
+    """Forward + backward FLOPs of one training crop (3 x the training forward, aux head included)."""
     height, width = config.data.crop_size
     stride = config.cell.output_stride
     per_image = (FORWARD_GFLOPS_512[(config.cell.backbone, stride)] + AUX_GFLOPS_512[stride]) * 1e9
-    return training_images(config, num_train_images) * 3 * per_image * (height * width) / (512 * 512)
+    return 3 * per_image * (height * width) / (512 * 512)
+
+
+def training_flops(config: CellConfig, num_train_images: int | None = None) -> float:
+    """Forward + backward FLOPs of the whole schedule."""
+    return training_images(config, num_train_images) * image_training_flops(config)
+
+
+def images_per_second(config: CellConfig, gpu: str = "H100") -> float:
+    """Training crops one GPU consumes per second at ``ACHIEVED_TFLOPS[gpu]``: what its loader must feed."""
+    return ACHIEVED_TFLOPS[gpu] * 1e12 / image_training_flops(config)
 
 
 def cost_frame(params: Params, preset: str, measured: Mapping[str, float | None],

@@ -28,6 +28,7 @@ BACKBONES = ("r50", "r101")
 # Training settings that do not change the result: left out of a run's digest and of what makes it stale.
 NOT_RECIPE = ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch", "compile", "device",
               "stop_when_diverging")
+NOT_RECIPE_DATA = ("train_arrays",)  # how the prepared pixels are stored, not which pixels
 PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "evaluate.yaml", "presets.yaml")
 
 
@@ -58,6 +59,7 @@ class DatasetRecipe:
     batch_size: int
     epochs: int
     eval_scale: tuple[int, int] | None
+    train_arrays: bool  # also keep the train split as uint8 arrays read by memory map (deeplab.data.arrays)
 
     def check(self) -> dict[str, str]:
         problems = {}
@@ -421,6 +423,7 @@ def recipe(doc: Mapping[str, Any]) -> dict[str, Any]:
     """A resolved config's fields that decide its result (what its digest covers), e.g. of config.yaml."""
     data = {key: doc[key] for key in ("cell", "data", "model", "train", "evaluate", "preset", "extra_seed")}
     data["train"] = {k: v for k, v in data["train"].items() if k not in NOT_RECIPE}
+    data["data"] = {k: v for k, v in data["data"].items() if k not in NOT_RECIPE_DATA}
     return data
 
 

@@ -22,7 +22,8 @@ from typing import Callable, Literal
 
 from deeplab import device as devices
 from deeplab.config import Params, Preset
-from deeplab.data.sources import ARCHIVES, DISK_GIB, IMAGENET_WEIGHTS, PREPARED_SHARE, RUN_GIB, SYNTHETIC_GIB
+from deeplab.data.sources import (ARCHIVES, DISK_GIB, IMAGENET_WEIGHTS, PREPARED_SHARE, RUN_GIB, SYNTHETIC_GIB,
+                                  TYPICAL_PIXELS)
 from deeplab.environment import lock_state
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -132,10 +133,13 @@ def disk_check(params: Params, preset: Preset) -> Check:
     paths, needed = preset.paths, 0.0
     for dataset in datasets_of(params):
         size = SYNTHETIC_GIB if preset.synthetic else DISK_GIB[dataset]
+        recipe = params.dataset(dataset, preset.name)
         if not Path(paths.dataset_manifest(dataset)).is_file():
             needed += size
         if not Path(paths.prepared_meta(dataset)).is_file():
             needed += size * PREPARED_SHARE
+            if recipe.train_arrays and not preset.synthetic:
+                needed += recipe.expected_counts["train"] * TYPICAL_PIXELS[dataset] * 4 / 2**30
     runs = [run for run in params.runs(preset.name) if not Path(run.files.model).is_file()]
     needed += len(runs) * (SYNTHETIC_GIB if preset.synthetic else RUN_GIB)
     free = min(_gib_free(Path(preset.data_dir)), _gib_free(Path(preset.results_dir)))

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -93,13 +94,120 @@ def random_crop(image: torch.Tensor, label: torch.Tensor, crop: tuple[int, int],
         top = _randint(gen, 0, max(height - crop[0], 0) + 1)
         left = _randint(gen, 0, max(width - crop[1], 0) + 1)
         window = label[top:top + crop[0], left:left + crop[1]]
-        if cat_max_ratio >= 1:
-            break
-        counts = torch.bincount(window.reshape(-1), minlength=256)[:IGNORE_INDEX]
-        counts = counts[counts > 0]
-        if len(counts) > 1 and counts.max().item() < cat_max_ratio * counts.sum().item():
+        if mixed_enough(window, cat_max_ratio):
             break
     return image[:, top:top + crop[0], left:left + crop[1]], window
+
+
+def mixed_enough(window: torch.Tensor, cat_max_ratio: float) -> bool:
+    """The reference's rule for keeping a crop: no class covers more than ``cat_max_ratio`` of its
+    non-ignored pixels and it holds more than one class (always kept when the ratio is 1 or more)."""
+    if cat_max_ratio >= 1:
+        return True
+    counts = torch.bincount(window.reshape(-1), minlength=256)[:IGNORE_INDEX]
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max().item() < cat_max_ratio * counts.sum().item()
+
+
+Planes = Union[torch.Tensor, np.ndarray]  # image (3, H, W) / label (H, W) tensors, or (H, W, 3) / (H, W) arrays
+
+
+def planes_size(source: Planes) -> tuple[int, int]:
+    """(H, W) of an image or label, tensor (channels first) or array (channels last, e.g. a memory map)."""
+    return tuple(source.shape[:2]) if isinstance(source, np.ndarray) else tuple(source.shape[-2:])
+
+
+def _region(source: Planes, rows: slice, cols: slice) -> torch.Tensor:
+    """The uint8 tensor of ``source[rows, cols]`` (channels first); an array reads only that region."""
+    if isinstance(source, np.ndarray):  # a copy (a memory map is read-only), channels first like a decode's
+        region = torch.from_numpy(np.array(source[rows, cols]))
+        return region.permute(2, 0, 1).contiguous() if region.ndim == 3 else region
+    return source[..., rows, cols]
+
+
+def nearest_sources(length: int, size: int) -> torch.Tensor:
+    """Source index of each output position of a nearest resize from ``length`` to ``size``, as torch's
+    ``interpolate(mode="nearest")`` computes it (a float32 scale, floor, clamped)."""
+    if size == length:
+        return torch.arange(size)
+    scale = torch.tensor(length / size, dtype=torch.float32)
+    return (torch.arange(size, dtype=torch.float32) * scale).floor().long().clamp_(max=length - 1)
+
+
+def bilinear_sources(length: int, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(first source index, second, weight of the second) per output position of a bilinear resize from
+    ``length`` to ``size`` with half-pixel centres (align_corners=False), as torch's ``interpolate``."""
+    scale = torch.tensor(length / size, dtype=torch.float32)
+    source = ((torch.arange(size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp_(min=0)
+    first = source.long().clamp_(max=length - 1)
+    return first, (first + 1).clamp_(max=length - 1), source - first
+
+
+# The whole image's uint8 resize costs about this fraction of the window's two float passes per pixel written
+# (measured, benchmarks/input_pipeline.py): the whole resize is taken while it writes fewer pixels than the
+# window's passes over this share, i.e. for small images (VOC, ADE20k, Cityscapes below ratio ~1), the window
+# otherwise (Cityscapes resized up: 4096x2048 at ratio 2 for a 1024x512 crop). Both give the crop of the
+# whole resize: labels bit-equal, images within one grey level.
+WHOLE_RESIZE_SHARE = 0.35
+
+
+def whole_resize_is_cheaper(source: tuple[int, int], size: tuple[int, int], window: tuple[int, int]) -> bool:
+    """Whether resizing the whole ``source`` (h, w) to ``size`` costs less than resampling a ``window``
+    (h, w) of the result from the source rows it needs."""
+    rows = window[0] * source[0] / size[0] + 2
+    return size[0] * size[1] * WHOLE_RESIZE_SHARE < window[1] * (rows + window[0])
+
+
+def resized_window(image: Planes, size: tuple[int, int], top: int, left: int, height: int, width: int) -> torch.Tensor:
+    """``resize_image(image, size)[:, top:top + height, left:left + width]`` from the source region that
+    window needs: float weights at the whole resize's sampling positions (within one grey level of it)."""
+    source = planes_size(image)
+    if tuple(size) == source:
+        return _region(image, slice(top, top + height), slice(left, left + width))
+    (r0, r1, wr), (c0, c1, wc) = (tuple(t[start:start + n] for t in bilinear_sources(length, out))
+                                  for length, out, start, n in ((source[0], size[0], top, height),
+                                                                (source[1], size[1], left, width)))
+    low, high, first, last = int(r0[0]), int(r1[-1]) + 1, int(c0[0]), int(c1[-1]) + 1  # positions grow
+    r0, r1, c0, c1 = r0 - low, r1 - low, c0 - first, c1 - first
+    if isinstance(image, np.ndarray):  # channels last: gather whole pixels, then channels first
+        region = torch.from_numpy(np.array(image[low:high, first:last]))                 # (rows, cols, 3)
+        columns = torch.lerp(region.index_select(1, c0).float(), region.index_select(1, c1).float(),
+                             wc[None, :, None])
+        rows = torch.lerp(columns.index_select(0, r0), columns.index_select(0, r1), wr[:, None, None])
+        return rows.round_().to(torch.uint8).permute(2, 0, 1).contiguous()              # (3, h, w)
+    region = image[:, low:high, first:last]                                              # (3, rows, cols)
+    columns = torch.lerp(region.index_select(2, c0).float(), region.index_select(2, c1).float(), wc)
+    rows = torch.lerp(columns.index_select(1, r0), columns.index_select(1, r1), wr[:, None])
+    return rows.round_().to(torch.uint8)
+
+
+def rescaled_crop(image: Planes, label: Planes, aug: Augmentation,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random rescale then the random crop (:func:`random_rescale`, :func:`random_crop`: the same
+    draws, the same windows), computing only the crop where that is cheaper: the crop window is drawn in
+    the rescaled image's coordinates, the label's window gathered at the nearest resize's source positions
+    (bit-equal) and the image's resampled at the bilinear resize's (within one grey level). A 2048x1024
+    Cityscapes image at ratio 2 is 4096x2048 resized whole; its 1024x512 crop is an eighth of that."""
+    height, width = planes_size(label)
+    ratio = _uniform(gen, *aug.ratio_range)
+    size = keep_ratio_size(height, width, (int(aug.base_scale[0] * ratio), int(aug.base_scale[1] * ratio)))
+    crop = aug.crop
+    if size != (height, width) and whole_resize_is_cheaper((height, width), size,
+                                                             (min(crop[0], size[0]), min(crop[1], size[1]))):
+        whole = (_region(planes, slice(None), slice(None)) for planes in (image, label))
+        image, label = resize_image(next(whole), size), resize_label(next(whole), size)
+        return random_crop(image, label, crop, aug.cat_max_ratio, gen, aug.crop_tries)
+    rows, cols = nearest_sources(height, size[0]), nearest_sources(width, size[1])
+    for _ in range(aug.crop_tries):
+        top = _randint(gen, 0, max(size[0] - crop[0], 0) + 1)
+        left = _randint(gen, 0, max(size[1] - crop[1], 0) + 1)
+        r, c = rows[top:top + crop[0]], cols[left:left + crop[1]]
+        first_row, first_col = int(r[0]), int(c[0])  # source positions grow with the output's
+        band = _region(label, slice(first_row, int(r[-1]) + 1), slice(first_col, int(c[-1]) + 1))
+        window = band[r - first_row][:, c - first_col]
+        if mixed_enough(window, aug.cat_max_ratio):
+            break
+    return resized_window(image, size, top, left, *window.shape), window
 
 
 def random_flip(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator,
@@ -209,14 +317,14 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
     return x
 
 
-def train_sample(image: torch.Tensor, label: torch.Tensor, aug: Augmentation, seed: int) -> dict[str, torch.Tensor]:
-    """The worker side of the training chain for one sample: rescale, crop, flip, pad, and the drawn
+def train_sample(image: Planes, label: Planes, aug: Augmentation, seed: int) -> dict[str, torch.Tensor]:
+    """The worker side of the training chain for one sample: rescale and crop (only the crop is
+    computed: :func:`rescaled_crop`), flip, pad, and the drawn
     photometric parameters. Returns uint8 ``image`` (3, h, w), ``label`` (h, w), ``valid`` (4,: top, left,
     height, width of the image inside its padding) and ``photometric`` (5,); the batch side is
     :func:`photometric_distortion` then :func:`normalize`."""
     gen = torch.Generator().manual_seed(seed)
-    image, label = random_rescale(image, label, aug.base_scale, aug.ratio_range, gen)
-    image, label = random_crop(image, label, aug.crop, aug.cat_max_ratio, gen, aug.crop_tries)
+    image, label = rescaled_crop(image, label, aug, gen)
     image, label = random_flip(image, label, gen, aug.flip_prob)
     photometric = draw_photometric(gen, aug)
     top, left, _, _ = pad_box(image.shape[-2:], aug.crop)

@@ -297,3 +297,34 @@ def test_label_png_writer_round_trips_through_pil_and_torchvision(shape: tuple[i
     decoded = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
     assert decoded.shape == (1, *shape)
     np.testing.assert_array_equal(decoded[0].numpy(), label)
+
+
+def test_training_arrays_hold_the_decoded_pixels_and_give_the_same_samples(prepared, tmp_path: Path) -> None:
+    """train_arrays: every training pair is also stored as uint8 arrays equal to what the loader decodes
+    (images RGB, labels class indices), meta.json says so, the val split keeps its files only, and the
+    training samples read through the memory maps equal those from the decoded files, seed for seed."""
+    import torch
+
+    from deeplab.config import load_params
+    from deeplab.data.arrays import array_path
+    from deeplab.datasets import TrainDataset, read_image, read_label
+    from deeplab.transforms import Augmentation
+    raw, _ = prepared["cityscapes"]
+    out = tmp_path / "cityscapes"
+    meta = prepare("cityscapes", raw, out, workers=1, train_arrays=True)
+    assert "arrays" in meta and json.loads((out / "meta.json").read_text())["arrays"] == meta["arrays"]
+    for image_rel, label_rel in split_pairs(out, "train"):
+        image, label = np.load(array_path(out, image_rel)), np.load(array_path(out, label_rel))
+        assert np.array_equal(image, read_image(out / image_rel).permute(1, 2, 0).numpy())
+        assert np.array_equal(label, read_label(out / label_rel).numpy()) and label.dtype == np.uint8
+    assert not any(array_path(out, image_rel).exists() for image_rel, _ in split_pairs(out, "val"))
+    cfg = load_params(ROOT / "params").resolve("cityscapes-r50-os16", "smoke")
+    aug = Augmentation.of(cfg)
+    mapped = TrainDataset(out, "train", aug, cfg.data.num_classes)
+    decoded = TrainDataset(out, "train", aug, cfg.data.num_classes)
+    decoded.arrays = False
+    assert mapped.arrays
+    for k in range(40):
+        item = (k % len(mapped), 1000 + k)
+        a, b = mapped[item], decoded[item]
+        assert all(torch.equal(a[key], b[key]) for key in a), k

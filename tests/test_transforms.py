@@ -135,3 +135,52 @@ def test_ranks_and_micro_batches_partition_the_global_batch() -> None:
     assert resumed == per_iteration[3:]
     with pytest.raises(ValueError, match="cannot be split"):
         GlobalBatchSampler(10, 4, seed=0, start=0, stop=1, world=3)
+
+
+def _blocky_label(gen: torch.Generator, height: int, width: int) -> torch.Tensor:
+    """A label of a few class rectangles and ignore stripes: crops of it sometimes hold one class only."""
+    label = torch.zeros(height, width, dtype=torch.uint8)
+    for _ in range(int(torch.randint(1, 5, (), generator=gen))):
+        top, left = (int(torch.randint(0, n, (), generator=gen)) for n in (height, width))
+        label[top:top + height // 2, left:left + width // 3] = int(torch.randint(1, 19, (), generator=gen))
+    label[:, ::17] = IGNORE_INDEX
+    return label
+
+
+def test_the_crop_first_chain_is_the_crop_of_the_whole_resize_over_1200_draws(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rescaled_crop against random_rescale then random_crop, from the same generator state: the same
+    draws (the generators stay in step), labels bit-equal, images within one grey level, for random image
+    sizes (down- and up-scaled, crops larger than the image too), ratios, crops and the single-class rule's
+    re-draws; tensors and channels-last arrays (the memory-mapped form) alike."""
+    from deeplab import transforms
+    from deeplab.transforms import mixed_enough, rescaled_crop
+    paths: list[bool] = []
+    cheaper = transforms.whole_resize_is_cheaper
+    monkeypatch.setattr(transforms, "whole_resize_is_cheaper", lambda *a: paths.append(cheaper(*a)) or paths[-1])
+    gen = torch.Generator().manual_seed(0)
+    worst, redraws = 0, 0
+    for draw in range(1200):
+        height, width = (int(torch.randint(24, 160, (), generator=gen)) for _ in range(2))
+        label = _blocky_label(gen, height, width)
+        image = torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=gen)
+        crop = (int(torch.randint(8, 96, (), generator=gen)), int(torch.randint(8, 96, (), generator=gen)))
+        base = (int(torch.randint(32, 256, (), generator=gen)), int(torch.randint(16, 128, (), generator=gen)))
+        aug = dataclasses.replace(Augmentation.of(CFG), base_scale=base, crop=crop, ratio_range=(0.5, 2.0),
+                                  cat_max_ratio=(0.75, 1.0)[draw % 5 == 0])
+        seed = int(torch.randint(0, 2**62, (), generator=gen))
+        whole, ours = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        scaled = random_rescale(image, label, aug.base_scale, aug.ratio_range, whole)
+        expected = random_crop(*scaled, aug.crop, aug.cat_max_ratio, whole, aug.crop_tries)
+        source = (image, label) if draw % 2 else (image.permute(1, 2, 0).numpy(), label.numpy())
+        got = rescaled_crop(*source, aug, ours)
+        assert torch.equal(got[1], expected[1]), draw
+        assert got[0].shape == expected[0].shape and got[0].dtype == torch.uint8, draw
+        worst = max(worst, int((got[0].int() - expected[0].int()).abs().max()))
+        assert torch.rand((), generator=whole) == torch.rand((), generator=ours)  # as many draws taken
+        first = torch.Generator().manual_seed(seed)
+        _, window = random_crop(*random_rescale(image, label, aug.base_scale, aug.ratio_range, first), aug.crop,
+                                aug.cat_max_ratio, first, tries=1)
+        redraws += not mixed_enough(window, aug.cat_max_ratio)  # the rule drew this crop again
+    assert worst <= 1, worst
+    assert redraws > 100, redraws
+    assert 100 < sum(paths) < len(paths) - 100, sum(paths)  # both ways: the whole resize and the window

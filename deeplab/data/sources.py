@@ -89,6 +89,8 @@ DISK_GIB: Mapping[str, float] = MappingProxyType({"voc": 3.2, "ade20k": 0.9, "ci
 PREPARED_SHARE = 1.0      # prepared copy / archives, an upper bound
 SYNTHETIC_GIB = 0.01      # a synthetic preset's archives and prepared copy, per dataset
 RUN_GIB = 1.5             # one training run's results: model, checkpoint (weights + momentum), MLflow's model copy
+# a dataset's usual image (h x w), for the disk its training pairs take as uint8 arrays (train_arrays): 4 bytes a pixel
+TYPICAL_PIXELS: Mapping[str, int] = MappingProxyType({"voc": 375 * 500, "ade20k": 512 * 683, "cityscapes": 1024 * 2048})
 
 # backbone -> ImageNet checkpoint (ResNet V1c, openmmlab); the 8 hex digits in the name start its sha256
 IMAGENET_WEIGHTS: Mapping[str, ArchiveSpec] = MappingProxyType({
