@@ -213,7 +213,7 @@ def loader_rows(consumption: dict[tuple[str, int], float], setup: Setup) -> list
             continue
         images = rate * setup.size ** 2 / (crop[0] * crop[1])  # the step's rate at this cell's crop
         workers = 2 * images / per_worker[cell.dataset]
-        rows.append(f"| {cell_id} | {images:.1f} | {workers:.1f} | {'yes' if math.ceil(workers) < cores else 'no'} |")
+        rows.append(f"| {cell_id} | {images:.3g} | {workers:.3g} | {'yes' if math.ceil(workers) < cores else 'no'} |")
     return rows
 
 

@@ -60,17 +60,24 @@ def test_gpu_check_on_a_short_budget_reports_the_machine_and_what_it_skipped(tmp
                 re.findall(r"(?ms)^(### [^\n]+)\n(.*?)(?=^### |^Report made|\Z)", text)}
     assert list(sections) == ["### Training step", "### Training run", "### Evaluation", "### Input pipeline",
                               "### DDP", "### torch.compile"]
-    for name in ("### Training step", "### Evaluation"):  # a measured rate in every row of the table
-        rows = [line for line in sections[name].splitlines() if line.startswith("| r")]
-        assert rows and all(re.search(rf"\| {NUMBER} \|", row) for row in rows), (name, rows)
-    # rate, TFLOP/s, peak measured (nan: no CUDA allocator on the CPU) and predicted
+    # the first section always runs: rate, TFLOP/s, peak measured (nan: no CUDA allocator on the CPU), predicted
+    rows = [line for line in sections["### Training step"].splitlines() if line.startswith("| r")]
+    assert len(rows) == 4 and all(re.search(rf"\| {NUMBER} \|", row) for row in rows), rows
     assert re.search(r"(?m)^\| r101-os8 \| bf16 \+ channels-last \| \d+ \| [\d.]+ \| [\d.]+ \| nan \| [\d.]+ \|$",
                      sections["### Training step"])
-    assert ": falls" in sections["### Training run"]
-    loader = sections["### Input pipeline"].strip()  # run, or skipped when the budget ran out (machine speed)
-    assert loader.startswith("skipped: about 40 s expected") or re.search(rf"\| cityscapes \| {NUMBER} \|", loader)
+    ran = {name for name, body in sections.items() if not body.strip().startswith("skipped")}
+    skipped = {name: body.strip() for name, body in sections.items() if name not in ran}
+    # the later ones ran with their numbers, or say why not (how many of them fit depends on the machine's load)
+    assert all(re.match(r"skipped: about \d+ s expected, \d+ s of the 60 s budget left", body)
+               or name in ("### DDP", "### torch.compile") for name, body in skipped.items()), skipped
     for name in ("### torch.compile", "### DDP"):  # on the CPU these say why they were skipped
-        assert sections[name].strip().startswith("skipped"), sections[name]
+        assert name in skipped, sections[name]
+    if "### Training run" in ran:
+        assert ": falls" in sections["### Training run"]
+    if "### Evaluation" in ran:
+        assert re.search(rf"(?m)^\| r50-os16 \| .* \| {NUMBER} \|$", sections["### Evaluation"])
+    if "### Input pipeline" in ran:
+        assert re.search(rf"\| cityscapes \| {NUMBER} \|", sections["### Input pipeline"])
     assert re.search(r"Report made in \d+ s of a 60 s budget", text)
     assert elapsed < 60 + 45, elapsed  # the budget, plus interpreter start and imports on a loaded machine
 
@@ -88,5 +95,5 @@ def test_gpu_checks_loader_section_measures_every_dataset_and_cell() -> None:
     text = "\n".join(rows)
     for dataset in ("voc", "ade20k", "cityscapes"):
         assert re.search(rf"(?m)^\| {dataset} \| {NUMBER} \|$", text), text
-    assert re.search(rf"(?m)^\| cityscapes-r50-os16 \| {NUMBER} \| {NUMBER} \| (yes|no) \|$", text), text
+    assert re.search(r"(?m)^\| cityscapes-r50-os16 \| [\d.e+-]+ \| [\d.e+-]+ \| (yes|no) \|$", text), text
     assert "CPU cores per GPU" in text

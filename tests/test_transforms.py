@@ -16,8 +16,8 @@ from deeplab.config import load_params
 from deeplab.data.labels import IGNORE_INDEX
 from deeplab.datasets import GlobalBatchSampler
 from deeplab.transforms import (Augmentation, Photometric, hsv_to_rgb, keep_ratio_size, normalize, pad,
-                                photometric_distortion, random_crop, random_rescale, resize_label, rgb_to_hsv,
-                                sample_seed, train_sample)
+                                photometric_distortion, random_crop, random_flip, random_rescale, resize_label,
+                                rgb_to_hsv, sample_seed, train_sample)
 
 CFG = load_params(Path(__file__).resolve().parent.parent / "params").resolve("voc-r50-os8")
 
@@ -148,7 +148,8 @@ def _blocky_label(gen: torch.Generator, height: int, width: int) -> torch.Tensor
 
 
 def test_the_crop_first_chain_is_the_crop_of_the_whole_resize_over_1200_draws(monkeypatch: pytest.MonkeyPatch) -> None:
-    """rescaled_crop against random_rescale then random_crop, from the same generator state: the same
+    """rescaled_crop then the flip against random_rescale, random_crop then the flip, from the same
+    generator state: the same
     draws (the generators stay in step), labels bit-equal, images within one grey level, for random image
     sizes (down- and up-scaled, crops larger than the image too), ratios, crops and the single-class rule's
     re-draws; tensors and channels-last arrays (the memory-mapped form) alike."""
@@ -173,6 +174,7 @@ def test_the_crop_first_chain_is_the_crop_of_the_whole_resize_over_1200_draws(mo
         expected = random_crop(*scaled, aug.crop, aug.cat_max_ratio, whole, aug.crop_tries)
         source = (image, label) if draw % 2 else (image.permute(1, 2, 0).numpy(), label.numpy())
         got = rescaled_crop(*source, aug, ours)
+        expected, got = random_flip(*expected, whole, aug.flip_prob), random_flip(*got, ours, aug.flip_prob)
         assert torch.equal(got[1], expected[1]), draw
         assert got[0].shape == expected[0].shape and got[0].dtype == torch.uint8, draw
         worst = max(worst, int((got[0].int() - expected[0].int()).abs().max()))
