@@ -119,9 +119,13 @@ def plan_checks(params: Params, preset: str, gpu: Gpu | None) -> list[Check]:
     return checks
 
 
+def _existing(path: Path) -> Path:
+    """``path``, or the nearest folder above it that exists (where it would be created)."""
+    return next(p for p in [path, *path.resolve().parents] if p.exists())
+
+
 def _gib_free(path: Path) -> float:
-    existing = next(p for p in [path, *path.resolve().parents] if p.exists())
-    return shutil.disk_usage(existing).free / 2**30
+    return shutil.disk_usage(_existing(path)).free / 2**30
 
 
 def datasets_of(params: Params) -> list[str]:
@@ -228,8 +232,7 @@ def mlflow_check(uri: str) -> Check:
                 return Check("FAIL", "mlflow", f"{path} is not a readable SQLite store ({error}): move it aside")
             writable = os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
         else:
-            existing = next(p for p in path.parents if p.exists())
-            writable = os.access(existing, os.W_OK)
+            writable = os.access(_existing(path.parent), os.W_OK)
         if not writable:
             return Check("FAIL", "mlflow", f"{path} (or its folder) is not writable: fix its permissions or set "
                                            "MLFLOW_TRACKING_URI")
@@ -239,7 +242,7 @@ def mlflow_check(uri: str) -> Check:
 
 def results_check(preset: Preset) -> Check:
     root = Path(preset.results_dir)
-    existing = next(p for p in [root, *root.resolve().parents] if p.exists())
+    existing = _existing(root)
     if not os.access(existing, os.W_OK):
         return Check("FAIL", "results", f"{existing} is not writable: fix its permissions or point results_dir "
                                         "elsewhere (params/presets.yaml)")
