@@ -26,11 +26,36 @@ RUNS = {run.run_key: run for run in PARAMS.runs(PRESET)}  # "<cell>", or "<cell>
 PY = sys.executable  # the interpreter running Snakemake: the project's venv, also on cluster nodes
 STAGE_ARGS = f"--preset {PRESET} --params {PARAMS_DIR}"
 
-onstart:  # one line per check before any job starts; a check that fails stops the DAG here, not hours in
-    shell(f"{PY} -m pipeline.doctor {STAGE_ARGS}" + ("" if workflow.local_exec else " --gpus-elsewhere"))
+def doctor_scope():
+    """The doctor's --cell/--dataset arguments for the jobs this DAG is about to run: the cells of its
+    training and evaluation jobs, and the datasets of its data jobs that none of those cells needs."""
+    jobs = list(workflow.dag.needrun_jobs())
+    cells = {RUNS[job.wildcards.run].cell.id for job in jobs if "run" in job.wildcards.keys()}
+    cells |= {job.wildcards.cell for job in jobs if "cell" in job.wildcards.keys()}
+    datasets = {job.wildcards.dataset for job in jobs if "dataset" in job.wildcards.keys()}
+    datasets -= {CELLS[cell].dataset for cell in cells}
+    return f" --cells '{','.join(sorted(cells))}' --datasets '{','.join(sorted(datasets))}'"
+
+
+onstart:  # one line per check before any job starts; a check that fails stops the DAG here, not hours in. It
+    # checks the cells and data of the jobs to run (a DAG for one cell is not stopped by another's needs);
+    # `--config doctor=skip` skips it knowingly (e.g. to mark stand-in outputs done with --touch)
+    if str(config.get("doctor", "run")) == "skip":
+        print("pipeline.doctor: skipped (--config doctor=skip): nothing was checked before the jobs start")
+    else:
+        shell(f"{PY} -m pipeline.doctor {STAGE_ARGS}{doctor_scope()}" + ("" if workflow.local_exec else " --gpus-elsewhere"))
+
+
+def in_results(path):
+    """``path`` (under the preset's results folder) with that folder as the wildcard ``{results}``, which
+    matches that folder alone. The workflow profile reruns make_table on every run (forcerun); Snakemake makes
+    a forced rule without wildcards a target of its own, which would pull every cell into a DAG asked for
+    one; with this wildcard it is rerun where a DAG holds it, and only there."""
+    return "{results}" + path.removeprefix(PATHS.results_dir)
 
 
 wildcard_constraints:
+    results=re.escape(PATHS.results_dir),
     dataset="|".join(DATASETS),
     backbone="|".join(BACKBONES),
     run="|".join(map(re.escape, RUNS)),
@@ -81,10 +106,19 @@ rule prepare_dataset:
     input: manifest=rules.download_dataset.output.manifest
     output: meta=PATHS.prepared_meta("{dataset}")
     log: PATHS.log("prepare_dataset", "{dataset}")
-    params: arrays=lambda w: PARAMS.dataset(w.dataset, PRESET).train_arrays  # stored as arrays too: prepare again
     threads: 2
     resources: mem_mb=8000, runtime=4 * 60
     shell: "{PY} -m pipeline.prepare --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
+
+
+rule store_arrays:  # the training pairs as arrays, or none (train_arrays): a storage format, in a folder of its own
+    input: meta=rules.prepare_dataset.output.meta
+    output: source=PATHS.arrays_source("{dataset}")
+    log: PATHS.log("store_arrays", "{dataset}")
+    params: arrays=lambda w: PARAMS.dataset(w.dataset, PRESET).train_arrays  # toggled: this rule reruns, no training
+    threads: 2
+    resources: mem_mb=8000, runtime=4 * 60
+    shell: "{PY} -m pipeline.store_arrays --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
 
 
 rule init_tracking:  # create the MLflow store and experiment once: parallel first writers race otherwise
@@ -96,12 +130,15 @@ rule init_tracking:  # create the MLflow store and experiment once: parallel fir
 rule train_cell:  # one job per training run: a cell, or a further seed of it
     input:
         meta=lambda w: PATHS.prepared_meta(RUNS[w.run].cell.dataset),
+        # order only: the arrays are how the prepared pixels are stored, and storing them retrains nothing
+        arrays=lambda w: ancient(PATHS.arrays_source(RUNS[w.run].cell.dataset)),
         weights=weights_for,
         tracking=ancient(rules.init_tracking.output.store),  # order only: a re-made store retrains nothing
     output: model=PATHS.run("{run}").model  # written last; the training log and config beside it
     log: PATHS.log("train_cell", "{run}")
     params:
-        config_digest=lambda w: RUNS[w.run].digest(),  # a changed recipe reruns only its cells
+        training_record=lambda w: RUNS[w.run].training_digest(),  # an edit of what decides the weights retrains
+        # the runs it changes; nothing else (naming, folders, evaluation, speed) does: deeplab.config.RECORDS
         cell=lambda w: RUNS[w.run].cell.id,
         run=run_args,
     threads: lambda w: RUNS[w.run].cell.gpus * (RUNS[w.run].train.workers + 1)
@@ -128,7 +165,9 @@ rule evaluate_cell:
            for name, caption in (("iou_per_class", "per-class IoU"), ("learning_curves", "learning curves"),
                                  ("predictions", "predictions"))},
     log: PATHS.log("evaluate_cell", "{run}")
-    params: run=run_args
+    params:
+        evaluation_record=lambda w: RUNS[w.run].evaluation_digest(),  # an evaluation setting re-scores, never retrains
+        run=run_args,
     threads: lambda w: RUNS[w.run].train.workers + 1  # as training: loader workers + the main process
     resources: gpu=1, mem_mb=16000, runtime=2 * 60
     shell:
@@ -138,11 +177,11 @@ rule evaluate_cell:
 rule make_table:
     input: metrics=[PATHS.run(run).metrics for run in RUNS]
     output:  # the full preset also rewrites README.md's results block
-        table=report(PATHS.table(), category="results table", labels={"file": "table.md"}),
-        summary=report(PATHS.summary(), category="results table", labels={"file": "summary.csv"}),
-        seeds=[PATHS.seeds_summary(cell) for cell in PARAMS.seeded_cells(PRESET)],
-        per_class=PATHS.per_class_iou(),
-    log: PATHS.log("make_table")
+        table=report(in_results(PATHS.table()), category="results table", labels={"file": "table.md"}),
+        summary=report(in_results(PATHS.summary()), category="results table", labels={"file": "summary.csv"}),
+        seeds=[in_results(PATHS.seeds_summary(cell)) for cell in PARAMS.seeded_cells(PRESET)],
+        per_class=in_results(PATHS.per_class_iou()),
+    log: PATHS.log("make_table", "{results}")  # every file of a rule names its wildcards: logs/<preset>/make_table/<results>.log
     shell: "{PY} -m pipeline.table {STAGE_ARGS} > {log} 2>&1"
 
 

@@ -25,10 +25,47 @@ from deeplab.paths import CellFiles, Paths, run_key
 
 DATASETS = ("voc", "ade20k", "cityscapes")
 BACKBONES = ("r50", "r101")
-# Training settings that do not change the result: left out of a run's digest and of what makes it stale.
-NOT_RECIPE = ("checkpoint_every", "log_every", "val_every", "workers", "max_micro_batch", "compile", "device",
-              "stop_when_diverging")
-NOT_RECIPE_DATA = ("train_arrays",)  # how the prepared pixels are stored, not which pixels
+# The two records of a run. The training record holds every resolved setting that decides the trained
+# weights; the evaluation record holds the training record and every setting that decides the scores of
+# given weights. Each is hashed (CellConfig.training_digest / evaluation_digest): Snakemake's train_cell and
+# evaluate_cell params, DVC's per-stage params (generated from this table by pipeline.dvc_presets), the
+# model file's check in load_trained, the checkpoint's on resume and the table's stale mark all use them,
+# so an edit reruns exactly the jobs whose output it can change. Every field of every section is listed:
+# a field that is in neither record says why (tests/test_records.py fails on an unlisted one).
+TRAINING, EVALUATION = "training", "evaluation"
+NAMES = "names, files or registers the result"
+SPEED = "how fast or how often, not what, is computed"
+RECORDS: dict[str, dict[str, str]] = {
+    "cell": {"id": NAMES, "dataset": TRAINING, "backbone": TRAINING, "output_stride": TRAINING,
+             "reference_miou": "the paper's number the result is compared with", "in_seed_table": NAMES,
+             "gpus": TRAINING},
+    "data": {"title": NAMES, "num_classes": TRAINING, "train_split": TRAINING, "val_split": EVALUATION,
+             "train_set_name": NAMES, "val_set_name": NAMES,
+             "expected_counts": "a check of the download; the pixels themselves are the prepared split's identity",
+             "base_scale": TRAINING, "ratio_range": TRAINING, "crop_size": TRAINING, "cat_max_ratio": TRAINING,
+             "batch_size": TRAINING, "epochs": TRAINING, "eval_scale": EVALUATION,
+             "train_arrays": "how the prepared pixels are stored, not which pixels"},
+    "model": {"stem": TRAINING, "pretrained": TRAINING, "backbone_width": TRAINING, "aspp_channels": TRAINING,
+              "low_level_channels": TRAINING, "decoder_channels": TRAINING, "dropout": TRAINING,
+              "aux_channels": TRAINING},
+    "train": {"lr": TRAINING, "min_lr": TRAINING, "poly_power": TRAINING, "momentum": TRAINING,
+              "weight_decay": TRAINING, "aux_weight": TRAINING, "precision": TRAINING,
+              "device": "where it computes: a GPU's result is the recipe's, wherever it runs",
+              "channels_last": TRAINING, "checkpoint_every": SPEED, "log_every": SPEED, "val_every": SPEED,
+              "workers": SPEED, "seed": TRAINING, "deterministic": TRAINING, "reference_replicas": TRAINING,
+              "max_micro_batch": "gradient accumulation keeps the gradient (BatchNorm's batch is on record apart)",
+              "compile": SPEED, "stop_when_diverging": "stops a run; what it trains is unchanged",
+              "crop_tries": TRAINING, "flip_prob": TRAINING, "brightness_delta": TRAINING,
+              "contrast_range": TRAINING, "saturation_range": TRAINING, "hue_delta": TRAINING, "mean": TRAINING,
+              "std": TRAINING},
+    "evaluate": {"ms_ratios": EVALUATION, "ms_flip": EVALUATION, "max_workers": SPEED, "precision": EVALUATION},
+    "preset": {"name": NAMES, "data_dir": NAMES, "results_dir": NAMES, "experiment": NAMES,
+               "synthetic": "which archives: the prepared split's identity records it", "expect_official_counts":
+               "a check of the download", "readme": NAMES, "register_models": NAMES,
+               "schedule_must_match_reference": "a check against the reference's log",
+               "seeds": "which runs exist; each run's own seed is train.seed",
+               "overrides": "applied to the sections above, which the records hold"},
+}
 PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "evaluate.yaml", "presets.yaml")
 
 
@@ -292,18 +329,30 @@ class CellConfig:
         """Plain, JSON-ready form: written as the resolved config and logged as MLflow params."""
         return _plain(self)
 
-    def digest(self) -> str:
-        """sha256 of the resolved config, excluding knobs that do not change the result."""
-        return hashlib.sha256(json.dumps(recipe(self.to_dict()), sort_keys=True).encode()).hexdigest()
+    def record(self, which: str) -> dict[str, Any]:
+        """The run's training or evaluation record (``which``: TRAINING or EVALUATION; see RECORDS)."""
+        return record(self.to_dict(), which)
+
+    def training_digest(self) -> str:
+        """sha256 of the training record: what decides the trained weights."""
+        return digest(self.record(TRAINING))
+
+    def evaluation_digest(self) -> str:
+        """sha256 of the evaluation record: the training record and what decides the scores."""
+        return digest(self.record(EVALUATION))
+
+    def records(self) -> dict[str, Any]:
+        """Both records and their digests, as metrics.json, config.yaml and the MLflow run carry them."""
+        return {"training": self.record(TRAINING), "evaluation": self.record(EVALUATION),
+                "training_digest": self.training_digest(), "evaluation_digest": self.evaluation_digest()}
 
     def changes_since(self, saved: Mapping[str, Any] | None) -> list[str]:
-        """What this config gives differently from a run's saved ``config.yaml`` (``saved``), one
-        ``key: then -> now`` line per recipe setting; one line saying so when the file is missing."""
-        if saved is None:
-            return ["its config.yaml is missing, and its digest is not that of params/"]
-        then, now = flatten(recipe(saved)), flatten(recipe(self.to_dict()))
-        return [f"{key}: {then.get(key, '(absent)')} -> {now.get(key, '(absent)')}"
-                for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key)]
+        """What this config gives differently from a run's saved records (``saved``, as :meth:`records`
+        wrote them), one ``key: then -> now (training record)`` line per setting; a setting of the evaluation
+        record alone says ``(evaluation record)``. One line saying so when nothing was saved."""
+        if not saved or EVALUATION not in saved:
+            return ["its metrics.json carries no records of the settings it was trained and scored under"]
+        return record_changes(saved[EVALUATION], self.record(EVALUATION))
 
 
 @dataclass(frozen=True)
@@ -351,6 +400,15 @@ class Params:
     def runs(self, preset: str = "full") -> list[CellConfig]:
         """Every training run of ``preset``: one per cell and seed, the cell's default seed first."""
         return [self.resolve(cell_id, preset, seed) for cell_id in self.cells for seed in self.seeds(cell_id, preset)]
+
+    def only(self, cell_ids: list[str] | tuple[str, ...]) -> "Params":
+        """These params with ``cell_ids``' cells alone (what a DAG asked for runs): every check and listing
+        that walks the cells then walks those."""
+        unknown = [cell_id for cell_id in cell_ids if cell_id not in self.cells]
+        if unknown:
+            raise UnknownName(f"unknown cell '{unknown[0]}'; known cells: {', '.join(self.cells)}")
+        return dataclasses.replace(self, cells=types.MappingProxyType({c: self.cells[c] for c in self.cells
+                                                                       if c in cell_ids}))
 
     def preset(self, name: str) -> Preset:
         if name not in self.presets:
@@ -419,12 +477,42 @@ def load_params(params_dir: str | Path = "params") -> Params:
     return params
 
 
-def recipe(doc: Mapping[str, Any]) -> dict[str, Any]:
-    """A resolved config's fields that decide its result (what its digest covers), e.g. of config.yaml."""
-    data = {key: doc[key] for key in ("cell", "data", "model", "train", "evaluate", "preset", "extra_seed")}
-    data["train"] = {k: v for k, v in data["train"].items() if k not in NOT_RECIPE}
-    data["data"] = {k: v for k, v in data["data"].items() if k not in NOT_RECIPE_DATA}
-    return data
+def record(doc: Mapping[str, Any], which: str) -> dict[str, Any]:
+    """The training or evaluation record (``which``) of a resolved config ``doc`` (CellConfig.to_dict, or a
+    run's config.yaml): per section, the fields RECORDS gives to that record."""
+    wanted = {TRAINING} if which == TRAINING else {TRAINING, EVALUATION}
+    result = {}
+    for section, fields in RECORDS.items():
+        kept = {k: v for k, v in doc.get(section, {}).items() if fields.get(k) in wanted}
+        if kept:
+            result[section] = kept
+    return result
+
+
+def record_of(section: str, key: str) -> set[str]:
+    """Which records a resolved setting is part of: {training, evaluation}, {evaluation} or none."""
+    if key not in RECORDS.get(section, {}):
+        raise KeyError(f"{section}.{key} is not classified in deeplab.config.RECORDS")
+    kind = RECORDS[section][key]
+    return {TRAINING, EVALUATION} if kind == TRAINING else {EVALUATION} if kind == EVALUATION else set()
+
+
+def digest(doc: Mapping[str, Any]) -> str:
+    """sha256 of a record, independent of key order."""
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def record_changes(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``key: then -> now (training record)`` per setting two evaluation records differ in; a setting that
+    is in the evaluation record alone is marked ``(evaluation record)``."""
+    old, new = flatten(then), flatten(now)
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            section, _, name = key.partition(".")
+            which = "training" if RECORDS.get(section, {}).get(name.split(".")[0]) == TRAINING else "evaluation"
+            lines.append(f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')} ({which} record)")
+    return lines
 
 
 def flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

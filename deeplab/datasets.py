@@ -25,13 +25,13 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from deeplab.data.arrays import array_path, open_array
 from deeplab.data.labels import IGNORE_INDEX
 from deeplab.errors import PipelineError
 from deeplab.transforms import Augmentation, sample_seed, train_sample
 
 
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent dies
+ARRAYS_SOURCE, ARRAYS_STORED = "source.json", "stored.json"  # an arrays folder's files (deeplab.data.arrays)
 
 
 class DatasetError(PipelineError):
@@ -55,6 +55,35 @@ def manifest_hash(prepared_dir: str | Path, split: str) -> str:
     for path in (Path(prepared_dir) / "meta.json", Path(prepared_dir) / "splits" / f"{split}.txt"):
         digest.update(path.read_bytes() if path.is_file() else b"")
     return digest.hexdigest()
+
+
+def array_path(root: Path, relative: str | Path) -> Path:
+    """Where the array of the prepared folder's file ``relative`` lives in the arrays folder ``root``."""
+    return root / f"{relative}.npy"
+
+
+def open_array(path: Path) -> np.ndarray:
+    """A read-only memory map of a stored array."""
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def stored_arrays(arrays_dir: str | Path | None, prepared_dir: str | Path, split: str) -> str | None:
+    """Why the training split cannot be read from the arrays folder ``arrays_dir`` (deeplab.data.arrays), or
+    None when it can: arrays stored, of this very split (its manifest hash)."""
+    if arrays_dir is None:
+        return "no arrays folder"
+    root = Path(arrays_dir)
+    try:
+        stored = json.loads((root / ARRAYS_STORED).read_text())
+        source = json.loads((root / ARRAYS_SOURCE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return f"{root} holds no complete arrays folder (run the store_arrays stage)"
+    if not stored.get("stored"):
+        return "train_arrays is off"
+    if source.get("split") != split or source.get("data_hash") != manifest_hash(prepared_dir, split):
+        return (f"{root} was made from other pixels than {prepared_dir}'s {split} split: re-run the store_arrays "
+                "stage (python -m pipeline.store_arrays)")
+    return None
 
 
 def read_split(prepared_dir: str | Path, split: str) -> list[tuple[Path, Path]]:
@@ -137,16 +166,19 @@ class SegmentationDataset(Dataset):
 class TrainDataset(Dataset):
     """The training split with the recipe's augmentation; items are addressed by ``(index, seed)``.
 
-    Where the prepared folder holds the split as arrays (meta.json ``arrays``, deeplab.data.arrays), a sample
-    reads only its crop's pixels through a memory map. Each label is checked whole the first time a process
+    Where ``arrays_dir`` holds the split as arrays made from this very split (deeplab.data.arrays), a sample
+    reads only its crop's pixels through a memory map; otherwise it decodes the prepared files. Each label is checked whole the first time a process
     reads it (0.4 ms for a VOC label, 3.5 ms for a Cityscapes one: a tenth of their chain when it was done
     for every sample), so a value beyond the classes is refused wherever it lies."""
 
-    def __init__(self, prepared_dir: str | Path, split: str, aug: Augmentation, num_classes: int) -> None:
+    def __init__(self, prepared_dir: str | Path, split: str, aug: Augmentation, num_classes: int,
+                 arrays_dir: str | Path | None = None) -> None:
         self.root = Path(prepared_dir)
         self.images = SegmentationDataset(prepared_dir, split)
         self.aug, self.num_classes = aug, num_classes
-        self.arrays = split == "train" and bool(read_meta(prepared_dir).get("arrays"))
+        self.arrays_dir = Path(arrays_dir) if arrays_dir is not None else None
+        self.why_not_arrays = stored_arrays(arrays_dir, prepared_dir, split)
+        self.arrays = self.why_not_arrays is None
         self.checked: set[int] = set()  # labels this process has checked whole
 
     def __len__(self) -> int:
@@ -168,12 +200,12 @@ class TrainDataset(Dataset):
         return train_sample(image, label, self.aug, seed)
 
     def _array(self, path: Path) -> np.ndarray:
-        stored = array_path(self.root, path.relative_to(self.root))
+        stored = array_path(self.arrays_dir, path.relative_to(self.root))
         try:
             return open_array(stored)
         except (OSError, ValueError) as error:
-            raise DatasetError(f"{stored}: cannot be read ({error}); the prepared dataset is damaged: delete its "
-                               "folder and re-run the prepare stage") from None
+            raise DatasetError(f"{stored}: cannot be read ({error}); the arrays folder is damaged: delete it and "
+                               "re-run the store_arrays stage") from None
 
 
 def epoch_order(seed: int, epoch: int, num_images: int) -> torch.Tensor:

@@ -24,6 +24,7 @@ from deeplab import device as devices
 from deeplab.config import Params, Preset
 from deeplab.data.sources import (ARCHIVES, DISK_GIB, IMAGENET_WEIGHTS, PREPARED_SHARE, RUN_GIB, SYNTHETIC_GIB,
                                   TYPICAL_PIXELS)
+from deeplab.datasets import stored_arrays
 from deeplab.environment import lock_state
 
 Status = Literal["OK", "WARN", "FAIL"]
@@ -132,18 +133,19 @@ def datasets_of(params: Params) -> list[str]:
     return sorted({cell.dataset for cell in params.cells.values()})
 
 
-def disk_check(params: Params, preset: Preset) -> Check:
-    """Free disk for the raw and prepared data not there yet and every run's results."""
+def disk_check(params: Params, preset: Preset, datasets: list[str]) -> Check:
+    """Free disk for the raw and prepared ``datasets`` not there yet and every run's results."""
     paths, needed = preset.paths, 0.0
-    for dataset in datasets_of(params):
+    for dataset in datasets:
         size = SYNTHETIC_GIB if preset.synthetic else DISK_GIB[dataset]
         recipe = params.dataset(dataset, preset.name)
         if not Path(paths.dataset_manifest(dataset)).is_file():
             needed += size
         if not Path(paths.prepared_meta(dataset)).is_file():
             needed += size * PREPARED_SHARE
-            if recipe.train_arrays and not preset.synthetic:
-                needed += recipe.expected_counts["train"] * TYPICAL_PIXELS[dataset] * 4 / 2**30
+        if recipe.train_arrays and not preset.synthetic and \
+                stored_arrays(paths.arrays_dir(dataset), paths.prepared_dir(dataset), recipe.train_split):
+            needed += recipe.expected_counts["train"] * TYPICAL_PIXELS[dataset] * 4 / 2**30
     runs = [run for run in params.runs(preset.name) if not Path(run.files.model).is_file()]
     needed += len(runs) * (SYNTHETIC_GIB if preset.synthetic else RUN_GIB)
     free = min(_gib_free(Path(preset.data_dir)), _gib_free(Path(preset.results_dir)))
@@ -155,10 +157,10 @@ def disk_check(params: Params, preset: Preset) -> Check:
     return Check("OK", "disk", text)
 
 
-def dataset_checks(params: Params, preset: Preset) -> list[Check]:
+def dataset_checks(params: Params, preset: Preset, datasets: list[str]) -> list[Check]:
     """Each dataset: prepared, downloaded (sizes as recorded) or still to download; Cityscapes' access."""
     checks, paths = [], preset.paths
-    for dataset in datasets_of(params):
+    for dataset in datasets:
         name = f"data {dataset}"
         if Path(paths.prepared_meta(dataset)).is_file():
             meta = json.loads(Path(paths.prepared_meta(dataset)).read_text())
@@ -258,20 +260,27 @@ def packages_check(lock: Path = LOCK) -> Check:
 
 
 def run_checks(params: Params, preset: str, tracking_uri: str, gpus_elsewhere: bool = False,
-               seen: devices.Probe | None = None, progress: Callable[[Check], None] = lambda check: None) -> list[Check]:
-    """Every check of ``preset``, in order; ``progress`` sees each one as it is done."""
+               seen: devices.Probe | None = None, progress: Callable[[Check], None] = lambda check: None,
+               cells: list[str] | None = None, datasets: list[str] | None = None) -> list[Check]:
+    """Every check of ``preset``, in order; ``progress`` sees each one as it is done. ``cells`` and
+    ``datasets`` (a DAG's targets) limit the checks to those cells' runs and data and to further datasets
+    without a cell; None: the whole preset. Without a cell nothing runs on a GPU: no GPU or plan check."""
     chosen = params.preset(preset)
     checks: list[Check] = []
+    if cells is not None or datasets is not None:
+        params = params.only(cells or [])
+    data = sorted(set(datasets_of(params)) | set(datasets or []))
 
     def add(found: list[Check]) -> None:
         for check in found:
             checks.append(check)
             progress(check)
-    gpu_lines, gpu = gpu_checks(params, preset, seen or devices.probe(), gpus_elsewhere)
-    add(gpu_lines)
-    add(plan_checks(params, preset, gpu) if not gpus_elsewhere else [])
-    add([disk_check(params, chosen)])
-    add(dataset_checks(params, chosen))
+    if params.cells:
+        gpu_lines, gpu = gpu_checks(params, preset, seen or devices.probe(), gpus_elsewhere)
+        add(gpu_lines)
+        add(plan_checks(params, preset, gpu) if not gpus_elsewhere else [])
+    add([disk_check(params, chosen, data)])
+    add(dataset_checks(params, chosen, data))
     add([mlflow_check(tracking_uri), results_check(chosen), packages_check()])
     return checks
 

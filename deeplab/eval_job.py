@@ -18,8 +18,8 @@ import pandas as pd
 import torch
 import yaml
 
-from deeplab import atomic, plots, reference, serving
-from deeplab.config import CellConfig
+from deeplab import atomic, plots, reference, reference_log, serving
+from deeplab.config import EVALUATION, TRAINING, CellConfig
 from deeplab.datasets import manifest_hash, read_meta, read_split
 from deeplab.environment import describe, git_state
 from deeplab.evaluate import (SINGLE_SCALE, InputSpec, Protocol, SplitResult, evaluate_split, multi_scale,
@@ -128,8 +128,10 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
             "per_class_iou": main["per_class_iou"], "per_class_acc": main["per_class_acc"],
             "images": images, "seconds": round(seconds, 2),
             "extra": {name: values for name, values in results.items() if name != SINGLE_SCALE.name},
+            "config": cfg.to_dict(), "records": {"training": cfg.record(TRAINING), "evaluation": cfg.record(EVALUATION)},
             "provenance": {**git_state(Path.cwd()), "data_manifest": manifest_hash(cfg.prepared_dir, cfg.data.val_split),
-                           "config_digest": cfg.digest(), "mlflow_run_id": run_id}}
+                           "training_digest": cfg.training_digest(), "evaluation_digest": cfg.evaluation_digest(),
+                           "mlflow_run_id": run_id}}
 
 
 def trained_batchnorm_images(train_log: Path) -> int | None:
@@ -165,10 +167,10 @@ def warn_if_loss_above(cfg: CellConfig, rows: list[dict[str, str]]) -> None:
     """One warning when our training loss stayed above the reference's band (``rows``) for its windows."""
     with Path(cfg.files.train_log).open() as f:
         ours = {int(r["iteration"]): float(r["loss"]) for r in csv.DictReader(f)}
-    start = reference.loss_stays_above(ours, rows)
+    start = reference_log.loss_stays_above(ours, rows)
     if start is not None:
         warnings.warn(f"{cfg.run_name}: from iteration {start} the training loss stayed more than "
-                      f"{reference.LOSS_BAND:.0%} above the reference's for {reference.LOSS_WINDOWS} log windows "
+                      f"{reference_log.LOSS_BAND:.0%} above the reference's for {reference_log.LOSS_WINDOWS} log windows "
                       f"({cfg.files.train_log} against its log): check the data and the recipe before trusting "
                       "this run's numbers", RuntimeWarning, stacklevel=2)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplab import reference
+from deeplab import reference_log
 from deeplab.config import CellConfig
 from deeplab.datasets import manifest_hash
 from deeplab.environment import git_state
@@ -29,10 +29,11 @@ def run_tags(cfg: CellConfig) -> dict[str, str]:
     return {"cell": cfg.cell.id, "seed": str(cfg.train.seed), "dataset": cfg.cell.dataset,
             "backbone": cfg.cell.backbone, "output_stride": str(cfg.cell.output_stride), "preset": cfg.preset.name,
             "git_commit": git["git_commit"], "git_dirty": str(git["git_dirty"]),
-            "data_hash": manifest_hash(cfg.prepared_dir, cfg.data.train_split), "config_digest": cfg.digest()}
+            "data_hash": manifest_hash(cfg.prepared_dir, cfg.data.train_split), "training_digest": cfg.training_digest(),
+            "evaluation_digest": cfg.evaluation_digest()}
 
 
 def reference_rows(cfg: CellConfig) -> list[dict[str, str]]:
     """The reference's parsed training log of the cell (pipeline.reference_eval wrote it), or none."""
     path = Path(cfg.preset.paths.reference_run(cfg.cell.id).reference_log)
-    return reference.read_log_csv(path) if path.is_file() else []
+    return reference_log.read_log_csv(path) if path.is_file() else []

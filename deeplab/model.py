@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.backbone import ResNet, load_imagenet_weights
-from deeplab.config import CellConfig
+from deeplab.config import TRAINING, CellConfig, record_changes
 from deeplab.errors import PipelineError
 
 # Reference parameter counts with 21 classes: (without aux head, with aux head).
@@ -176,9 +176,11 @@ def load_trained(cfg: CellConfig, path: Path, device: torch.device) -> DeepLabV3
         raise ModelFileError(f"{path} not found: train the cell first (python -m pipeline.train --cell "
                            f"{cfg.cell.id} --preset {cfg.preset.name})")
     saved = torch.load(path, map_location="cpu", weights_only=False)
-    if saved.get("digest") != cfg.digest():
-        raise ModelFileError(f"{path} was trained under a different resolved config than params/ gives now; "
-                           "retrain the cell (delete the file) or restore the params it was trained with")
+    if saved.get("digest") != cfg.training_digest():
+        differences = record_changes(saved.get("training", {}), cfg.record(TRAINING))
+        raise ModelFileError(f"{path} was trained under another training record than params/ gives now ("
+                             + ("; ".join(differences) or "no record in the file") + "); retrain the run (delete "
+                             "the file) or restore the params it was trained with")
     model = build_model(cfg, device)
     model.load_state_dict(saved["state_dict"])
     return model.eval()

@@ -11,6 +11,7 @@ Layout, relative to the project root::
     <data_dir>/raw/weights/              ImageNet checkpoints and manifest-<backbone>.json
     <data_dir>/raw/reference/            the reference's released checkpoints and logs, pins.json
     <data_dir>/prepared/<dataset>/       splits/, labels, meta.json (written last)
+    <data_dir>/arrays/<dataset>/         the training pairs as .npy where train_arrays says so; source.json
     <results_dir>/<cell>/                one cell (its default seed): see CellFiles
     <results_dir>/<cell>/seed<k>/        a further seed k of the cell, the same files
     <results_dir>/<cell>/seeds.json      a cell trained with several seeds: their number, mean and std
@@ -132,6 +133,16 @@ class Paths:
     def prepared_meta(self, dataset: str) -> str:
         """Written last by the prepare stage: its presence marks a complete prepared folder."""
         return f"{self.prepared_dir(dataset)}/meta.json"
+
+    def arrays_dir(self, dataset: str) -> str:
+        """The training pairs of the prepared ``dataset`` as uint8 arrays (``train_arrays``), a storage
+        format kept apart from the prepared folder (deeplab.data.arrays)."""
+        return f"{self.data_dir}/arrays/{dataset}"
+
+    def arrays_source(self, dataset: str) -> str:
+        """The arrays folder's ``source.json``: the prepared split it was made from, the same whether arrays
+        are stored or not (what training depends on, so a storage change retrains nothing)."""
+        return f"{self.arrays_dir(dataset)}/source.json"
 
     def cell(self, cell_id: str, seed: int | None = None) -> CellFiles:
         """One cell's files; a further seed of the cell (not its default) has a folder of its own inside."""

@@ -28,6 +28,7 @@ from deeplab.config import Cell
 from deeplab.data.fetch import ChecksumError, FetchOptions, fetch, source_urls
 from deeplab.data.sources import ArchiveSpec
 from deeplab.errors import PipelineError
+from deeplab.reference_log import CSV_FIELDS, read_log_csv
 
 STORE = "https://github.com/SegmentationBLWX/modelstore/releases/download/ssseg_deeplabv3plus/"
 PINS = "pins.json"
@@ -159,10 +160,6 @@ class LogRow:
         return int(self.values["cur_iter"])
 
 
-CSV_FIELDS = ("iteration", "max_iters", "learning_rate", "loss_cls", "loss_aux", "loss_total", "seconds_per_iter",
-              "max_gpu_alloc_GB")
-
-
 def write_log(rows: list[LogRow], path: Path) -> list[dict[str, str]]:
     """Write the parsed log to ``path`` as CSV (deeplab.paths' ``reference_log``) and return its rows as
     :func:`read_log_csv` gives them: seconds per iteration from the timestamps (empty for the first row),
@@ -188,23 +185,9 @@ def write_log(rows: list[LogRow], path: Path) -> list[dict[str, str]]:
     return table
 
 
-def read_log_csv(path: Path) -> list[dict[str, str]]:
-    """The rows :func:`write_log` wrote."""
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
 def row_metrics(row: Mapping[str, str]) -> dict[str, float]:
     """A parsed log row (:func:`read_log_csv`) as MLflow metrics: ``reference/learning_rate``, ..."""
     return {f"reference/{key}": float(row[key]) for key in CSV_FIELDS[2:] if row.get(key)}
-
-
-LOSS_BAND = 0.10    # our loss more than 10 % above the reference's ...
-LOSS_WINDOWS = 5    # ... at 5 consecutive shared log points: one warning
-
-
-class ScheduleMismatch(ReferenceAssetError):
-    """Our learning rate differs from the reference's at an iteration both logged."""
 
 
 @dataclass(frozen=True)
@@ -238,44 +221,6 @@ def spent_by_cell(params: Any, preset: str, root: Path = Path(".")) -> dict[str,
     paths = params.preset(preset).paths
     return {cell: spent(root / paths.reference_run(cell).reference_log,
                         params.resolve(cell, preset).train.reference_replicas) for cell in params.cells}
-
-
-def check_schedule(rows: list[dict[str, str]], max_iters: int, lr_used_at: Any, strict: bool) -> bool:
-    """Our learning rate at every iteration the reference logged must be its. ``lr_used_at(k)``: the lr our
-    schedule applies in the k-th iteration (1-based, as its ``cur_iter`` counts). A schedule of another length
-    is an error when ``strict`` (the recipe's preset), else not compared; returns whether it was compared."""
-    theirs = int(rows[0]["max_iters"])
-    if theirs != max_iters:
-        if strict:
-            raise ScheduleMismatch(f"the reference trained this cell for {theirs} iterations, this run for "
-                                   f"{max_iters}: the schedule is not the recipe's (datasets.yaml epochs/batch_size)")
-        return False
-    for row in rows:
-        iteration, their_lr = int(row["iteration"]), float(row["learning_rate"])
-        ours = lr_used_at(iteration)
-        if abs(ours - their_lr) > 1e-9 * max(abs(their_lr), 1e-12):
-            raise ScheduleMismatch(f"learning rate at iteration {iteration}: ours {ours!r}, the reference's "
-                                   f"{their_lr!r} (its training log): the schedule differs from the recipe's "
-                                   "(train.lr, min_lr, poly_power in params/train.yaml)")
-    return True
-
-
-def loss_stays_above(ours: Mapping[int, float], rows: list[dict[str, str]], band: float = LOSS_BAND,
-                     windows: int = LOSS_WINDOWS) -> int | None:
-    """The iteration from which our logged loss stayed more than ``band`` above the reference's for
-    ``windows`` consecutive shared log points (the first such stretch), else None."""
-    run: list[int] = []
-    for row in rows:
-        iteration = int(row["iteration"])
-        if iteration not in ours:
-            continue
-        if ours[iteration] > (1 + band) * float(row["loss_total"]):
-            run.append(iteration)
-            if len(run) == windows:
-                return run[0]
-        else:
-            run = []
-    return None
 
 
 def parse_log(path: Path) -> list[LogRow]:

@@ -7,10 +7,12 @@ Crop Size, Schedule, Train/Eval Set, mIoU, Download) plus the reference mIoU and
 frame is written as ``summary.csv`` (one row per cell) and its per-class IoU as ``per_class_iou.csv``
 (one row per run and class). A cell without metrics shows "-" in markdown and empty fields in the CSVs.
 
-Each row shows the recipe its run was trained with, from the run's own ``config.yaml``, not today's
-params (which only fill the rows of cells not yet run). A run whose config digest differs from what
-params/ now resolve to is *stale*: its mIoU carries "(stale)", summary.csv says so, and
-``python -m pipeline.table --check`` names it with each setting that differs. Nothing is relabelled.
+Every column of a row comes from its run's own ``metrics.json`` (the resolved config it was scored under,
+its two records and their digests), not from today's params (which only fill the rows of cells not yet
+run) nor from config.yaml (which a retraining rewrites when it starts). A run whose training or evaluation
+record differs from what params/ now resolve to is *stale*: its mIoU carries "(stale)", summary.csv says
+so, and ``python -m pipeline.table --check`` names it with each setting that differs and the record it
+belongs to. Nothing is relabelled.
 
 A cell trained with several seeds (``presets.<preset>.seeds``) shows the mean ± the sample standard
 deviation over its finished seeds and their number, ``77.90 ± 0.31% (n=3)``, or ``(n=2 of 3)`` while
@@ -26,7 +28,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
-import yaml
 
 from deeplab.config import DATASETS, CellConfig, Params
 from deeplab.environment import summary
@@ -53,14 +54,18 @@ SUMMARY_COLUMNS = ("cell", "dataset", "backbone", "output_stride", "mIoU", "mIoU
 
 @dataclass(frozen=True)
 class Finished:
-    """One evaluated run of a cell: its metrics.json, its files and seed (None: unknown, e.g. in a test),
-    its config.yaml (the recipe it was trained with) and what params/ now give differently (stale if any)."""
+    """One evaluated run of a cell: its metrics.json, its files and seed (None: unknown, e.g. in a test) and
+    what params/ now give differently from its records (stale if any)."""
 
     doc: Mapping[str, Any]
     files: CellFiles | None = None
     seed: int | None = None
-    config: Mapping[str, Any] | None = None
     changes: tuple[str, ...] = ()
+
+    @property
+    def config(self) -> Mapping[str, Any] | None:
+        """The resolved config the run was scored under (its metrics.json's; None in an older file)."""
+        return self.doc.get("config")
 
     @property
     def stale(self) -> bool:
@@ -106,26 +111,21 @@ def read_metrics(root: Path, params: Params, preset: str) -> dict[str, list[Fini
         except json.JSONDecodeError as error:
             raise TableError(f"{path}: not valid JSON ({error}); rerun the evaluate stage of {run.run_name}") from error
         miou_percent(doc, path)  # fail here, naming the file, rather than mid-render
-        config = _read_config(root / run.files.config)
-        found[run.cell.id].append(Finished(doc, run.files, run.train.seed, config, tuple(changes(doc, config, run))))
+        found[run.cell.id].append(Finished(doc, run.files, run.train.seed, tuple(changes(doc, run))))
     return found
 
 
-def _read_config(path: Path) -> dict[str, Any] | None:
-    try:
-        return yaml.safe_load(path.read_text()) if path.is_file() else None
-    except yaml.YAMLError as error:
-        raise TableError(f"{path}: not valid YAML ({error}); retrain the run or restore the file") from error
-
-
-def changes(doc: Mapping[str, Any], config: Mapping[str, Any] | None, run: CellConfig) -> list[str]:
-    """What params/ now give differently from the recipe a run was trained and scored under (nothing when its
-    metrics.json's config digest is today's; a metrics.json without one cannot be judged and is taken as is)."""
-    digest = doc.get("provenance", {}).get("config_digest")
-    if digest is None or digest == run.digest():
+def changes(doc: Mapping[str, Any], run: CellConfig) -> list[str]:
+    """What params/ now give differently from the records a run was trained and scored under, each setting
+    with its record (nothing when both digests in its metrics.json are today's; a metrics.json with no digest
+    at all, e.g. written by hand, cannot be judged and is taken as is)."""
+    provenance = doc.get("provenance", {})
+    saved = (provenance.get("training_digest"), provenance.get("evaluation_digest"))
+    if saved == (run.training_digest(), run.evaluation_digest()) or \
+            (saved == (None, None) and "config_digest" not in provenance):
         return []
-    return run.changes_since(config) or ["its config digest differs from that of params/ (same settings: "
-                                         "a change in how the digest is computed)"]
+    return run.changes_since(doc.get("records")) or ["its record digests differ from those of params/ (same "
+                                                     "settings: a change in how the records are computed)"]
 
 
 def miou_percent(metrics: Mapping[str, Any], where: Path | str) -> float:
@@ -243,8 +243,8 @@ def measured_on(runs: list[Finished]) -> str:
 def _row(params: Params, preset: str, row: Any, runs: list[Finished], link_base: str) -> tuple[str, ...]:
     config = params.resolve(row.cell, preset)
     cell = config.cell
-    trained = next((run.config for run in runs if run.config is not None), None)
-    recipe = trained or config.to_dict()  # the run's own recipe; today's params only for a cell not yet run
+    scored = next((run.config for run in runs if run.config is not None), None)
+    recipe = scored or config.to_dict()  # the run's own recipe; today's params only for a cell not yet run
     data, model = recipe["data"], recipe["model"]
     pretrained = PRETRAINED_NAMES[model["pretrained"]]
     if recipe["preset"]["synthetic"] and model["pretrained"] == "imagenet":

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from deeplab import atomic
 from deeplab.autofit import CudaMemory, Memory, OutOfMemory, choose, smaller
 from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
-from deeplab.config import CellConfig
+from deeplab.config import TRAINING, CellConfig
 from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
 from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.environment import versions
@@ -116,7 +116,8 @@ def make_loader(cfg: CellConfig, ctx: Context, start: int, stop: int, micro_batc
     """This rank's micro-batches of ``micro_batch`` images for iterations start..stop-1, decoded and
     augmented by the workers."""
     data = cfg.data
-    dataset = TrainDataset(cfg.prepared_dir, data.train_split, Augmentation.of(cfg), data.num_classes)
+    dataset = TrainDataset(cfg.prepared_dir, data.train_split, Augmentation.of(cfg), data.num_classes,
+                           cfg.preset.paths.arrays_dir(cfg.cell.dataset))
     accumulation = cfg.share(ctx.world) // micro_batch
     sampler = GlobalBatchSampler(len(dataset), data.batch_size, seed=cfg.train.seed, start=start, stop=stop,
                                  rank=ctx.rank, world=ctx.world, accumulation=accumulation)
@@ -195,14 +196,14 @@ def save_checkpoint(state: State, cfg: CellConfig, path: Path) -> None:
     atomic_save({"model": state.bare_model().state_dict(), "optimizer": state.optimizer.state_dict(),
                  "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
                  "rng": rng_state(), "iteration": state.iteration, "environment": versions(),
-                 "digest": cfg.digest(), "config": cfg.to_dict()}, path)
+                 "digest": cfg.training_digest(), "config": cfg.record(TRAINING)}, path)
 
 
 def resume(state: State, cfg: CellConfig, path: Path) -> bool:
     """Restore ``state`` from ``path`` if it exists (refused when made under another config)."""
     if not path.is_file():
         return False
-    saved = load_checkpoint(path, cfg.digest(), cfg.to_dict())
+    saved = load_checkpoint(path, cfg.training_digest(), cfg.record(TRAINING))
     before, now = saved.get("environment"), versions()
     if before is not None and before != now:
         warnings.warn(f"{path} was written under {before} and is resumed under {now}: training goes on, but "
@@ -427,8 +428,8 @@ def seed_everything(seed: int) -> None:
 
 def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) -> None:
     """``model.pt``: the trained weights (``state_dict``) and what they are; written last, atomically."""
-    atomic_save({"state_dict": model.state_dict(), "cell": cfg.cell.id, "digest": cfg.digest(),
-                 "config": cfg.to_dict(), "iteration": iteration}, path)
+    atomic_save({"state_dict": model.state_dict(), "cell": cfg.cell.id, "digest": cfg.training_digest(),
+                 "training": cfg.record(TRAINING), "config": cfg.to_dict(), "iteration": iteration}, path)
 
 
 def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None,

@@ -13,22 +13,21 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import yaml
 
-from deeplab import atomic, distributed, reference
+from deeplab import atomic, distributed, reference_log
 from deeplab.config import CellConfig
 from deeplab.data.sources import IMAGENET_WEIGHTS
 from deeplab.datasets import DatasetError, read_split
 from deeplab.environment import describe, freeze
-from deeplab.evaluate import SINGLE_SCALE, InputSpec, evaluate_split
 from deeplab.jobs import LOCK, reference_rows, run_tags, tracker_for
-from deeplab.metrics import ConfusionMatrix
 from deeplab.schedule import poly_lr
 from deeplab.tracking import Tracker
 from deeplab.train import Interrupted, cell_lock, train
+from deeplab.validation import validator
 
 ENV_TAGS = ("torch", "cuda", "cudnn", "device", "device_count", "gpu_name", "lock_matches", "lock_sha256")
 
@@ -56,21 +55,9 @@ def backbone_weights(cfg: CellConfig) -> Path | None:
     return path
 
 
-def validator(cfg: CellConfig, ctx: distributed.Context, tracker: Tracker) -> Callable[[torch.nn.Module, int], None]:
-    """Periodic val mIoU (train.val_every): each rank scores its share, the matrices are summed."""
-    def validate(model: torch.nn.Module, iteration: int) -> None:
-        result = evaluate_split(model, cfg.prepared_dir, cfg.data.val_split, num_classes=cfg.data.num_classes,
-                                spec=InputSpec.of(cfg, ctx.device), protocols=[SINGLE_SCALE], device=ctx.device,
-                                rank=ctx.rank, world=ctx.world)
-        matrix = ConfusionMatrix(cfg.data.num_classes, ctx.device)
-        matrix.merge(distributed.sum_tensor(ctx, result.matrices[SINGLE_SCALE.name].matrix))
-        tracker.log_metrics({"val_mIoU": matrix.compute()["mIoU"]}, iteration)
-    return validate
-
-
 class Yardstick:
     """The reference's training log as a yardstick while training: at each log point our loss is compared
-    with its band (deeplab.reference.loss_stays_above); the first time it stayed above for the stated
+    with its band (deeplab.reference_log.loss_stays_above); the first time it stayed above for the stated
     windows, one warning and an MLflow tag and, with ``train.stop_when_diverging``, the reason to stop."""
 
     def __init__(self, cfg: CellConfig, max_iters: int, tracker: Tracker, enabled: bool = True) -> None:
@@ -89,12 +76,12 @@ class Yardstick:
         if not self.rows or self.warned:
             return
         self.ours[iteration] = metrics["loss"]
-        start = reference.loss_stays_above(self.ours, self.rows)
+        start = reference_log.loss_stays_above(self.ours, self.rows)
         if start is None:
             return
         self.warned = True
-        what = (f"from iteration {start} the training loss stayed more than {reference.LOSS_BAND:.0%} above the "
-                f"reference's for {reference.LOSS_WINDOWS} log windows (up to iteration {iteration}; its training log)")
+        what = (f"from iteration {start} the training loss stayed more than {reference_log.LOSS_BAND:.0%} above the "
+                f"reference's for {reference_log.LOSS_WINDOWS} log windows (up to iteration {iteration}; its training log)")
         warnings.warn(f"{self.cfg.run_name}: {what}: check the data and the recipe before the run goes on",
                       RuntimeWarning, stacklevel=2)
         self.tracker.set_tags({"diverging_from_reference": what})
@@ -120,7 +107,8 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
     weights = backbone_weights(cfg)
     env: dict[str, Any] = {}
     if ctx.is_main:
-        doc = {**cfg.to_dict(), "digest": cfg.digest(), "max_iters": max_iters, "world_size": ctx.world}
+        doc = {**cfg.to_dict(), "training_digest": cfg.training_digest(),
+               "evaluation_digest": cfg.evaluation_digest(), "max_iters": max_iters, "world_size": ctx.world}
         atomic.write_text(files.config, yaml.safe_dump(doc, sort_keys=False))
         env = record_environment(cfg, ctx.device)
     tracker = tracker_for(cfg, enabled=ctx.is_main)
@@ -152,6 +140,6 @@ def reference_schedule(cfg: CellConfig, max_iters: int) -> bool:
     schedule of another length is an error in the full preset and not compared elsewhere."""
     rows = reference_rows(cfg)
     train = cfg.train
-    return bool(rows) and reference.check_schedule(
+    return bool(rows) and reference_log.check_schedule(
         rows, max_iters, lambda k: poly_lr(k - 1, max_iters, lr=train.lr, min_lr=train.min_lr, power=train.poly_power),
         strict=cfg.preset.schedule_must_match_reference)

@@ -12,6 +12,10 @@ import statements anywhere in a module (also those inside functions), together w
 ``__init__.py``. A module that cannot change what a stage writes stays out only through ``NOT_OUTPUT_CODE``
 below, with its reason; stages that have no code deps at all are ``NO_CODE_DEPS``. This rewrites the
 ``*.py`` lines of each stage's deps in place (comments and everything else kept).
+The ``params:`` of ``train_cell`` and ``evaluate_cell`` are generated too, per preset: the keys of the
+run's training record, and of its evaluation record (deeplab.config.RECORDS), in the files that hold them,
+including the preset's overrides of those keys; so an edit of anything else (names, folders, speed, the
+storage format, another cell's seeds) reruns no training, as under Snakemake.
 
 ``--check`` writes nothing and exits 1 when a generated file is stale, when a stage's code deps are not the
 modules it imports, when the ``vars`` of dvc.yaml or reference/dvc.yaml are not the full preset's, or when a
@@ -28,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from deeplab.config import Params, load_params
+from deeplab.config import EVALUATION, RECORDS, TRAINING, Params, load_params
 from deeplab.errors import PipelineError
 from pipeline import stage
 
@@ -44,6 +48,8 @@ PACKAGES = ("deeplab", "pipeline")  # the project's own code; everything else is
 NOT_OUTPUT_CODE = {
     "deeplab/tracking.py": "the MLflow mirror of a run's files: no stage output is written through it",
     "pipeline/gpu_slot.py": "chooses the GPUs a job runs on and starts it; what the job computes is its module's",
+    "deeplab/validation.py": "periodic validation while training (train.val_every): an MLflow curve of the model "
+                             "being trained; it changes no weight, and the evaluation stage's deps hold its code",
 }
 # Stages without code deps: what they write does not follow from our code.
 NO_CODE_DEPS = {
@@ -52,6 +58,12 @@ NO_CODE_DEPS = {
     "download_weights": "the official checkpoints, verified the same way",
     "init_tracking": "the MLflow store's address: bookkeeping, no result",
 }
+# The stages whose params are a record of the run, generated (RECORD_STAGES[stage] = the record).
+RECORD_STAGES = {"train_cell": TRAINING, "evaluate_cell": EVALUATION}
+# Where each section of a resolved config is written in params/: file, and the key prefix of one run.
+SECTION_FILES = {"cell": ("params/cells.yaml", "cells.${item.cell}"), "data": ("params/datasets.yaml", "${item.dataset}"),
+                 "model": ("params/model.yaml", "model"), "train": ("params/train.yaml", "train"),
+                 "evaluate": ("params/evaluate.yaml", "evaluate")}
 MODULE_FLAG = re.compile(r"-m\s+(pipeline\.\w+)")
 CODE_DEP = re.compile(r"^(\s+)- ([\w./-]+\.py)\s*$")
 
@@ -132,6 +144,64 @@ def with_code_deps(text: str, deps: dict[str, list[str]], where: Path) -> str:
     return "".join(out)
 
 
+def record_params(params: Params, preset: str, which: str) -> dict[str, list[str]]:
+    """A run's ``which`` record (deeplab.config.RECORDS) as DVC params: file -> keys, templated by the run's
+    cell and dataset, plus each key of that record which ``preset`` overrides (presets.yaml). A dataset
+    override must cover the same record keys for every dataset: one foreach body lists them for all runs."""
+    wanted = {TRAINING} if which == TRAINING else {TRAINING, EVALUATION}
+    keys: dict[str, list[str]] = {}
+    for section, (file, prefix) in SECTION_FILES.items():
+        listed = [f"{prefix}.{key}" for key, kind in RECORDS[section].items() if kind in wanted and key != "id"]
+        if listed:
+            keys[file] = listed
+    overrides = params.preset(preset).overrides
+    chosen: list[str] = []
+    for section in ("model", "train", "evaluate"):
+        chosen += [f"presets.${{preset}}.overrides.{section}.{key}" for key in overrides.get(section, {})
+                   if RECORDS[section][key] in wanted]
+    per_dataset = {name: tuple(key for key in overrides.get("datasets", {}).get(name, {})
+                               if RECORDS["data"][key] in wanted) for name in params.datasets}
+    if len(set(per_dataset.values())) > 1:
+        raise PipelineMismatch(f"params/presets.yaml: presets.{preset}.overrides.datasets: the DVC pipeline lists "
+                               "one set of overridden keys for every dataset, and these differ ("
+                               + "; ".join(f"{name}: {', '.join(k) or 'none'}" for name, k in per_dataset.items())
+                               + "); override the same keys for every dataset (repeat the base value where needed)")
+    chosen += [f"presets.${{preset}}.overrides.datasets.${{item.dataset}}.{key}"
+               for key in next(iter(per_dataset.values()), ())]
+    if chosen:
+        keys["params/presets.yaml"] = chosen
+    return keys
+
+
+def with_record_params(text: str, params: Params, preset: str, where: Path) -> str:
+    """``text`` of a pipeline file with the ``params:`` block of each RECORD_STAGES stage replaced by its
+    record's keys under ``preset``."""
+    lines, out, stage, skipping, done = text.splitlines(keepends=True), [], None, None, set()
+    for line in lines:
+        header = re.match(r"^  (\w+):\s*$", line)
+        if header:
+            stage = header.group(1)
+        if skipping is not None:
+            if line.strip() and len(line) - len(line.lstrip()) <= skipping:
+                skipping = None
+            else:
+                continue
+        block = re.match(r"^(\s+)params:", line)
+        if block and stage in RECORD_STAGES:
+            indent = block.group(1)
+            out.append(f"{indent}params:  # the run's {RECORD_STAGES[stage]} record: generated, see pipeline/dvc_presets.py\n")
+            for file, keys in record_params(params, preset, RECORD_STAGES[stage]).items():
+                out.append(f"{indent}  - {file}:\n")
+                out.extend(f"{indent}      - {key}\n" for key in keys)
+            skipping, done = len(indent), done | {stage}
+            continue
+        out.append(line)
+    missing = sorted(set(RECORD_STAGES) - done)
+    if missing:
+        raise PipelineMismatch(f"{where}: stage {missing[0]} has no params: block to generate; add 'params:' under it")
+    return "".join(out)
+
+
 def code_problems(doc: dict[str, Any], deps: dict[str, list[str]], where: Path) -> list[str]:
     """Each stage whose listed code deps differ from the modules it imports, as a readable line."""
     problems = []
@@ -188,6 +258,8 @@ def generated(doc: dict[str, Any], params: Params, preset: str) -> str:
     table.pop("metrics", None)
     if summaries:
         table["metrics"] = summaries
+    for name, which in RECORD_STAGES.items():
+        stages[name]["do"]["params"] = [{file: keys} for file, keys in record_params(params, preset, which).items()]
     text = yaml.safe_dump({"vars": [variables(params, preset)], "stages": stages}, sort_keys=False, width=110)
     return HEADER.format(name=preset) + text
 
@@ -200,9 +272,10 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
         "download_dataset": lambda: {paths.raw_dir(item["dataset"])},
         "download_weights": lambda: {paths.weights_manifest(item["backbone"])},
         "prepare_dataset": lambda: {paths.raw_dir(item["dataset"]), paths.prepared_dir(item["dataset"])},
+        "store_arrays": lambda: {paths.prepared_dir(item["dataset"]), paths.arrays_dir(item["dataset"])},
         "init_tracking": lambda: {paths.tracking_marker()},
-        "train_cell": lambda: {paths.prepared_dir(item["dataset"]), paths.weights_manifest(item["backbone"]),
-                               files.model, files.config, files.train_log},
+        "train_cell": lambda: {paths.prepared_dir(item["dataset"]), paths.arrays_source(item["dataset"]),
+                               paths.weights_manifest(item["backbone"]), files.model, files.config, files.train_log},
         "evaluate_cell": lambda: {files.model, paths.prepared_dir(item["dataset"]), files.metrics, files.scores,
                                   files.class_iou},
         "make_table": lambda: {run.files.metrics for run in params.runs(preset)}
@@ -260,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             deps = code_deps(doc)
             problems += code_problems(doc, deps, path) if args.check else []
             files[path] = with_code_deps(text, deps, path)
+            if path == PIPELINE:
+                files[path] = with_record_params(files[path], params, "full", path)
             doc = yaml.safe_load(files[path])
             problems += check_paths(doc, params, base, path)
             if doc.get("vars") != [base]:

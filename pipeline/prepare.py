@@ -2,9 +2,9 @@
 
     python -m pipeline.prepare --dataset {voc,ade20k,cityscapes} --preset PRESET [--params DIR] [--workers N]
 
-Safe extraction, labels converted to single-channel PNGs of class indices (255 = ignore), split lists, the
-training pairs as uint8 arrays where ``datasets.<name>.train_arrays`` says so and, written last, meta.json
-(see deeplab.data.prepare). A preset with ``expect_official_counts: true`` (the
+Safe extraction, labels converted to single-channel PNGs of class indices (255 = ignore), split lists and,
+written last, meta.json (see deeplab.data.prepare). The training pairs as arrays (``train_arrays``) are
+the store_arrays stage's (pipeline/store_arrays.py). A preset with ``expect_official_counts: true`` (the
 full preset) fails unless the splits have the official sizes of params/datasets.yaml.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = params.datasets[args.dataset].expected_counts if preset.expect_official_counts else None
         out = Path(preset.paths.prepared_dir(args.dataset))
         meta = prepare(args.dataset, Path(preset.paths.raw_dir(args.dataset)), out, expected_counts=expected,
-                       workers=args.workers, train_arrays=params.dataset(args.dataset, args.preset).train_arrays)
+                       workers=args.workers)
         print(f"pipeline.prepare: {out}: {meta['counts']['train']} train, {meta['counts']['val']} val, "
               f"{meta['num_classes']} classes")
     return stage.run("prepare", work)

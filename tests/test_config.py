@@ -36,7 +36,7 @@ def test_resolve_applies_the_preset() -> None:
     assert full.data.crop_size == (512, 512) and full.data.batch_size == 16
     assert smoke.data.crop_size != full.data.crop_size and smoke.model.aspp_channels < full.model.aspp_channels
     assert smoke.preset.results_dir != full.preset.results_dir
-    assert full.digest() != smoke.digest()
+    assert full.training_digest() != smoke.training_digest()
 
 
 def test_objects_are_frozen() -> None:
@@ -111,7 +111,7 @@ def test_seeds_give_one_run_per_cell_and_seed(params_dir: Path) -> None:
     smoke = params.runs("smoke")
     assert [run.run_key for run in smoke if run.cell.id == "voc-r50-os16"] == ["voc-r50-os16", "voc-r50-os16/seed1"]
     first, second = params.resolve("voc-r50-os16", "smoke"), params.resolve("voc-r50-os16", "smoke", 1)
-    assert (first.train.seed, second.train.seed) == (0, 1) and first.digest() != second.digest()
+    assert (first.train.seed, second.train.seed) == (0, 1) and first.training_digest() != second.training_digest()
     assert second.files.model == "results/smoke/voc-r50-os16/seed1/model.pt" and second.run_name == "voc-r50-os16 seed 1"
     with pytest.raises(KeyError, match=r"seed 5 is not one of cell voc-r50-os16's seeds under preset smoke \(\[0, 1\]; presets\.smoke\.seeds"):
         params.resolve("voc-r50-os16", "smoke", 5)

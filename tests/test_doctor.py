@@ -19,13 +19,13 @@ from tests.train_fixtures import ROOT
 PARAMS = load_params(ROOT / "params")
 
 
-def run_doctor(preset: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
+def run_doctor(preset: str, cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     shutil.copytree(ROOT / "params", cwd / "params", dirs_exist_ok=True)
     shutil.copy(ROOT / "requirements.lock", cwd / "requirements.lock")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CITYSCAPES_")}
     full_env = {**clean, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "XDG_DATA_HOME": str(cwd / "xdg"),
                 "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", **env}
-    return subprocess.run([sys.executable, "-m", "pipeline.doctor", "--preset", preset], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "pipeline.doctor", "--preset", preset, *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -50,6 +50,19 @@ def test_the_full_preset_here_fails_on_the_gpu_and_cityscapes_and_writes_nothing
     blocking = "gpu, disk, data cityscapes" if status["disk"] == "FAIL" else "gpu, data cityscapes"
     assert f"problem(s) block preset full ({blocking})" in result.stdout, result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params", "requirements.lock"]  # nothing created
+
+
+def test_the_doctor_checks_the_cells_and_data_a_dag_will_run(tmp_path: Path) -> None:
+    """A DAG for one VOC cell is not stopped by Cityscapes' credentials (it still needs a GPU); one that only
+    prepares data checks no GPU at all; an unknown cell is named."""
+    one = run_doctor("full", tmp_path, "--cells", "voc-r50-os8", "--datasets", "")
+    status = lines(one)
+    assert status["gpu"] == "FAIL" and "data cityscapes" not in status and status["data voc"] == "OK", one.stdout
+    assert "(cells: voc-r50-os8; further data: none)" in one.stdout and "plan voc-r101-os8" not in one.stdout
+    data = run_doctor("full", tmp_path, "--cells", "", "--datasets", "voc,ade20k")
+    assert data.returncode == 0 and "gpu" not in lines(data) and set(lines(data)) >= {"data voc", "data ade20k"}, data.stdout
+    wrong = run_doctor("full", tmp_path, "--cells", "voc-r50-os9")
+    assert wrong.returncode == 2 and "unknown cell 'voc-r50-os9'" in wrong.stderr
 
 
 def test_the_smoke_preset_passes_here(tmp_path: Path) -> None:
@@ -81,7 +94,7 @@ def test_a_download_whose_files_changed_fails(tmp_path: Path, monkeypatch: pytes
     (raw / "VOCtrainval_11-May-2012.tar").write_bytes(b"short")
     Path(preset.paths.dataset_manifest("voc")).write_text(json.dumps(
         {"files": {"VOCtrainval_11-May-2012.tar": {"size": 1_999_639_040}}}))
-    checks = {c.name: c for c in doctor.dataset_checks(PARAMS, preset)}
+    checks = {c.name: c for c in doctor.dataset_checks(PARAMS, preset, doctor.datasets_of(PARAMS))}
     assert checks["data voc"].status == "FAIL" and "of another size" in checks["data voc"].text
 
 

@@ -75,8 +75,11 @@ def test_stage_writes_metrics_pictures_and_predictions(project: Path, monkeypatc
     assert set(metrics["per_class_iou"]) == {f"class {k}" for k in range(5)}
     assert metrics["images"] == 3 and metrics["seconds"] > 0
     assert set(metrics["extra"]) == {multi_scale(cfg.evaluate).name, "sliding-window"} and cfg.evaluate.ms_flip
-    assert set(metrics["provenance"]) >= {"git_commit", "git_dirty", "data_manifest", "config_digest", "mlflow_run_id"}
-    assert metrics["provenance"]["config_digest"] == cfg.digest()
+    assert set(metrics["provenance"]) >= {"git_commit", "git_dirty", "data_manifest", "training_digest",
+                                            "evaluation_digest", "mlflow_run_id"}
+    assert metrics["provenance"]["training_digest"] == cfg.training_digest()
+    assert metrics["provenance"]["evaluation_digest"] == cfg.evaluation_digest()
+    assert metrics["records"] == {"training": cfg.record("training"), "evaluation": cfg.record("evaluation")}
     from torchvision.io import read_image
     for picture in ("iou_per_class.png", "learning_curves.png", "predictions.png"):
         drawn = read_image(str(cell_dir / picture))  # a real picture, not an empty canvas
@@ -97,8 +100,23 @@ def test_weights_of_another_config_are_refused(project: Path, monkeypatch: pytes
     cfg = load_params("params").resolve("voc-r50-os8", "smoke")
     save_final(build_model(cfg, torch.device("cpu")), cfg, project / "results" / "smoke" / CELL / "model.pt", 4)
     assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 2
-    assert "different resolved config" in capsys.readouterr().err
+    assert "trained under another training record" in capsys.readouterr().err
     assert not (project / "results" / "smoke" / CELL / "metrics.json").exists()
+
+
+def test_an_evaluation_setting_scores_the_trained_model(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate.* is the evaluation record's alone: after an edit the model trained before is scored, not
+    refused, and metrics.json carries the new evaluation record with the same training record."""
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve(CELL, "smoke")
+    save_final(build_model(cfg, torch.device("cpu")), cfg, project / cfg.files.model, 4)
+    evaluate = project / "params" / "evaluate.yaml"
+    evaluate.write_text(evaluate.read_text().replace("ms_ratios: [0.5,", "ms_ratios: [0.25, 0.5,", 1))
+    now = load_params("params").resolve(CELL, "smoke")
+    assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    provenance = json.loads((project / cfg.files.metrics).read_text())["provenance"]
+    assert provenance["training_digest"] == cfg.training_digest() == now.training_digest()
+    assert provenance["evaluation_digest"] == now.evaluation_digest() != cfg.evaluation_digest()
 
 
 @pytest.mark.parametrize("precision, expected", [("fp32", "fp32 (TF32 off)"), ("bf16", "bf16 autocast")])

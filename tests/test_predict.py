@@ -63,4 +63,4 @@ def test_refuses_a_cell_without_a_model_and_a_model_of_other_params(project: Pat
     doc["train"]["lr"] = 0.02
     train.write_text(yaml.safe_dump(doc))
     assert pipeline.predict.main(args) == 2
-    assert "trained under a different resolved config" in capsys.readouterr().err
+    assert "trained under another training record" in capsys.readouterr().err

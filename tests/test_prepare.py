@@ -300,31 +300,45 @@ def test_label_png_writer_round_trips_through_pil_and_torchvision(shape: tuple[i
 
 
 def test_training_arrays_hold_the_decoded_pixels_and_give_the_same_samples(prepared, tmp_path: Path) -> None:
-    """train_arrays: every training pair is also stored as uint8 arrays equal to what the loader decodes
-    (images RGB, labels class indices), meta.json says so, the val split keeps its files only, and the
-    training samples read through the memory maps equal those from the decoded files, seed for seed."""
+    """train_arrays: every training pair is also stored, in the arrays folder, as uint8 arrays equal to what
+    the loader decodes (images RGB, labels class indices), the val split keeps its files only, the prepared
+    folder is untouched (its identity does not depend on the storage), and the training samples read through
+    the memory maps equal those from the decoded files, seed for seed. Off, the folder holds no arrays and
+    the same source.json; arrays made from other pixels are not read."""
     import torch
 
     from deeplab.config import load_params
-    from deeplab.data.arrays import array_path
-    from deeplab.datasets import TrainDataset, read_image, read_label
+    from deeplab.data.arrays import store
+    from deeplab.datasets import TrainDataset, array_path, manifest_hash, read_image, read_label
     from deeplab.transforms import Augmentation
     raw, _ = prepared["cityscapes"]
-    out = tmp_path / "cityscapes"
-    meta = prepare("cityscapes", raw, out, workers=1, train_arrays=True)
-    assert "arrays" in meta and json.loads((out / "meta.json").read_text())["arrays"] == meta["arrays"]
+    out, arrays = tmp_path / "cityscapes", tmp_path / "arrays" / "cityscapes"
+    prepare("cityscapes", raw, out, workers=1)
+    identity = manifest_hash(out, "train")
+    stored = store(out, arrays, "train", True, workers=1)
+    assert stored["stored"] and stored["pairs"] == len(split_pairs(out, "train")) > 0
+    assert json.loads((arrays / "stored.json").read_text()) == stored
+    source = (arrays / "source.json").read_text()
+    assert json.loads(source) == {"split": "train", "data_hash": identity} and manifest_hash(out, "train") == identity
     for image_rel, label_rel in split_pairs(out, "train"):
-        image, label = np.load(array_path(out, image_rel)), np.load(array_path(out, label_rel))
+        image, label = np.load(array_path(arrays, image_rel)), np.load(array_path(arrays, label_rel))
         assert np.array_equal(image, read_image(out / image_rel).permute(1, 2, 0).numpy())
         assert np.array_equal(label, read_label(out / label_rel).numpy()) and label.dtype == np.uint8
-    assert not any(array_path(out, image_rel).exists() for image_rel, _ in split_pairs(out, "val"))
+    assert not any(array_path(arrays, image_rel).exists() for image_rel, _ in split_pairs(out, "val"))
     cfg = load_params(ROOT / "params").resolve("cityscapes-r50-os16", "smoke")
     aug = Augmentation.of(cfg)
-    mapped = TrainDataset(out, "train", aug, cfg.data.num_classes)
+    mapped = TrainDataset(out, "train", aug, cfg.data.num_classes, arrays)
     decoded = TrainDataset(out, "train", aug, cfg.data.num_classes)
-    decoded.arrays = False
-    assert mapped.arrays
+    assert mapped.arrays and not decoded.arrays
     for k in range(40):
         item = (k % len(mapped), 1000 + k)
         a, b = mapped[item], decoded[item]
         assert all(torch.equal(a[key], b[key]) for key in a), k
+    assert store(out, arrays, "train", False, workers=1)["stored"] is False
+    assert (arrays / "source.json").read_text() == source and sorted(p.name for p in arrays.iterdir()) == \
+        ["source.json", "stored.json"]
+    assert TrainDataset(out, "train", aug, cfg.data.num_classes, arrays).why_not_arrays == "train_arrays is off"
+    store(out, arrays, "train", True, workers=1)
+    (out / "splits" / "train.txt").write_text((out / "splits" / "train.txt").read_text().splitlines(True)[0])
+    other = TrainDataset(out, "train", aug, cfg.data.num_classes, arrays)  # the prepared split changed since
+    assert not other.arrays and "made from other pixels" in other.why_not_arrays

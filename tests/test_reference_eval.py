@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import pipeline.reference_eval
 from deeplab import reference
+from deeplab.reference_log import read_log_csv
 from deeplab.config import load_params
 from deeplab.datasets import read_split
 from deeplab.evaluate import InputSpec
@@ -89,7 +90,7 @@ def test_the_reference_weights_score_as_the_reference_model_predicts(smoke_proje
     assert "multi-scale+flip" in doc["extra"]
     pins = json.loads((Path(paths.reference_dir()) / reference.PINS).read_text())
     assert pins["deeplabv3plus_resnet50os16_voc.pth"]["size"] == len(saved.getvalue())
-    log_rows = reference.read_log_csv(Path(paths.reference_run(CELL).reference_log))
+    log_rows = read_log_csv(Path(paths.reference_run(CELL).reference_log))
     assert [r["iteration"] for r in log_rows] == ["50", "100", "150"] and log_rows[1]["seconds_per_iter"] == "0.02"
 
     from mlflow import MlflowClient

@@ -11,7 +11,7 @@ import pytest
 
 import pipeline.evaluate
 import pipeline.train
-from deeplab import plots, reference
+from deeplab import plots, reference, reference_log
 from deeplab.config import load_params
 from deeplab.schedule import poly_lr
 from tests.train_fixtures import project, shrink_params  # noqa: F401  (fixture)
@@ -35,7 +35,7 @@ def place_log(project: Path, losses: list[float], lr_at: dict[int, float] | None
     target = project / cfg.preset.paths.reference_run(CELL).reference_log
     target.parent.mkdir(parents=True, exist_ok=True)
     reference.write_log(reference.parse_log(raw), target)
-    return reference.read_log_csv(target)
+    return reference_log.read_log_csv(target)
 
 
 def test_its_curve_goes_into_the_run_and_the_plot(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:

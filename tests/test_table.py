@@ -174,13 +174,16 @@ def test_a_cell_with_several_seeds_shows_mean_std_and_count(tmp_path: Path, para
 
 
 def _record_run(root: Path, params_dir: Path, cell: str, miou: float) -> None:
-    """A run's files as training and evaluation write them: config.yaml and metrics.json with its digest."""
-    import yaml
+    """A run's metrics.json as evaluation writes it: the resolved config, both records and their digests."""
     cfg = load_params(params_dir).resolve(cell, "full")
     run = root / cfg.files.dir
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump({**cfg.to_dict(), "digest": cfg.digest(), "max_iters": 10}))
-    (run / "metrics.json").write_text(json.dumps({**_metrics(miou), "provenance": {"config_digest": cfg.digest()}}))
+    records = cfg.records()
+    (run / "metrics.json").write_text(json.dumps({
+        **_metrics(miou), "config": cfg.to_dict(),
+        "records": {"training": records["training"], "evaluation": records["evaluation"]},
+        "provenance": {"training_digest": records["training_digest"],
+                       "evaluation_digest": records["evaluation_digest"]}}))
 
 
 def test_a_run_trained_under_other_params_is_shown_as_stale_never_relabelled(
@@ -209,4 +212,28 @@ def test_a_run_trained_under_other_params_is_shown_as_stale_never_relabelled(
     assert stage.main([*args, "--check"]) == 1
     err = capsys.readouterr().err
     assert "results/voc-r50-os8: trained under other params" in err and "results/voc-r50-os16" in err
-    assert "train.lr: 0.01 -> 0.02" in err and "data.epochs: 60 -> 61" in err
+    assert "train.lr: 0.01 -> 0.02 (training record)" in err and "data.epochs: 60 -> 61 (training record)" in err
+
+
+def test_a_row_is_its_metrics_json_alone_and_names_the_record_a_change_belongs_to(
+        tmp_path: Path, params_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A retraining rewrites config.yaml when it starts: the row keeps the recipe of its metrics.json. An
+    evaluation setting marks the run stale as an evaluation-record change; a naming setting changes nothing."""
+    (tmp_path / "README.md").write_text(f"{BEGIN}\n{END}\n{COSTS}")
+    _record_run(tmp_path, params_dir, "voc-r50-os8", 77.9)
+    monkeypatch.chdir(tmp_path)
+    args = ["--preset", "full", "--params", str(params_dir)]
+    (tmp_path / "results" / "voc-r50-os8" / "config.yaml").write_text("train: {lr: 0.5}\n")  # a retraining began
+    presets = params_dir / "presets.yaml"
+    presets.write_text(presets.read_text().replace("experiment: deeplabv3plus ", "experiment: renamed ", 1))
+    assert stage.main(args) == 0 and stage.main([*args, "--check"]) == 0
+    voc = [line for line in _squeezed((tmp_path / "results" / "table.md").read_text()).splitlines()
+           if "ResNet50 (OS=8" in line][0]
+    assert "0.01/poly/16/60" in voc and "77.90%" in voc and "(stale)" not in voc
+    evaluate = params_dir / "evaluate.yaml"
+    evaluate.write_text(evaluate.read_text().replace("precision: fp32", "precision: bf16", 1))
+    assert stage.main(args) == 0
+    capsys.readouterr()
+    assert stage.main([*args, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "evaluate.precision: fp32 -> bf16 (evaluation record)" in err and "training record" not in err

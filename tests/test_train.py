@@ -224,3 +224,54 @@ def test_a_resume_under_other_versions_warns_naming_both(project: Path, monkeypa
                       torch.__version__.replace("+", r"\+")):
         assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
     assert (project / cfg.files.model).is_file()
+
+
+# Modules of the training closure that hold declarations only (no function of theirs needs to run): their
+# constants and classes are what training uses of them.
+DECLARATIONS = {"deeplab/__init__.py", "deeplab/data/__init__.py", "pipeline/__init__.py",
+                "deeplab/errors.py",        # the error classes a training job would raise
+                "deeplab/data/labels.py",   # IGNORE_INDEX
+                "deeplab/data/sources.py"}  # the ImageNet checkpoints' file names
+# ... and those a training runs on a GPU only (this test trains on the CPU, which takes its whole share at once)
+ON_GPU = {"deeplab/autofit.py", "deeplab/memory.py"}  # the micro-batch that fits the GPU's memory, and its plan
+
+
+def test_the_training_closure_is_the_code_a_training_runs(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DVC's training stages depend on the modules pipeline.train imports (pipeline.dvc_presets); each of
+    them must be code a training run executes (a function of it called), so that an edit of code training
+    never runs (evaluation protocols, the reference's checkpoints and cost table, the plots) retrains nothing.
+    The import graph has no circle."""
+    import sys
+    import threading
+
+    from pipeline.dvc_presets import code_closure, imported_modules, module_file
+    from tests.test_reference_log import place_log
+    monkeypatch.chdir(project)
+    place_log(project, [3.0, 2.9, 2.8, 2.7])  # the reference's log of the cell, as the full preset fetches it
+    called: set[str] = set()
+
+    def profile(frame, event, arg):  # noqa: ANN001, ANN202
+        if event == "call":
+            called.add(frame.f_code.co_filename)
+    sys.setprofile(profile)
+    threading.setprofile(profile)
+    try:
+        assert pipeline.train.main(["--cell", CELL, "--preset", "smoke", "--params", "params"]) == 0
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)  # type: ignore[arg-type]
+    executed = {str(Path(name).resolve().relative_to(ROOT)) for name in called
+                if Path(name).resolve().is_relative_to(ROOT)}
+    closure = set(code_closure(["pipeline.train"], ROOT))
+    assert closure - executed - DECLARATIONS - ON_GPU == set()
+    assert {"deeplab/evaluate.py", "deeplab/reference.py", "deeplab/plots.py"}.isdisjoint(closure)
+    for path in sorted(closure | {"deeplab/data/arrays.py", "deeplab/data/prepare.py"}):  # no import circle
+        todo, seen = [path], set()
+        while todo:
+            module = todo.pop()
+            for name in imported_modules(Path(module), ROOT):
+                found = str(module_file(name, ROOT))
+                assert found != path, f"{path} imports itself through {module}"
+                if found not in seen and found.endswith(".py") and not found.endswith("__init__.py"):
+                    seen.add(found)
+                    todo.append(found)

@@ -9,8 +9,6 @@ and its presence marks a complete folder. Layout of a prepared folder:
   (Cityscapes): single-channel uint8 PNGs of class indices, 255 = ignore;
 - ``splits/{train,val}.txt``: ``<image> <label>`` per line, relative to the folder, sorted;
 - ``meta.json``: dataset, classes, num_classes, palette, ignore_index, counts, sources (archive -> sha256);
-- with ``train_arrays``: ``arrays/``, the training pairs as uint8 ``.npy`` files (deeplab.data.arrays), and
-  ``arrays`` in meta.json.
 """
 from __future__ import annotations
 
@@ -25,7 +23,6 @@ from typing import Any, Callable, Mapping
 
 from deeplab.errors import PipelineError
 from deeplab import atomic
-from deeplab.data import arrays
 from deeplab.data.convert import Job, Result, convert
 from deeplab.data.extract import extract
 from deeplab.data.fetch import file_digests
@@ -43,12 +40,12 @@ class PrepareError(PipelineError):
 
 
 def prepare(dataset: str, raw: Path, out: Path, *, expected_counts: Mapping[str, int] | None = None,
-            workers: int | None = None, train_arrays: bool = False) -> dict[str, Any]:
+            workers: int | None = None) -> dict[str, Any]:
     """Build the prepared folder ``out`` from the archives in ``raw``; return its meta.json content.
 
     ``expected_counts`` ({'train': n, 'val': m}) makes any other count an error. ``workers`` is the
-    number of conversion processes (default: all CPUs). ``train_arrays`` also stores the training pairs
-    as uint8 arrays (deeplab.data.arrays).
+    number of conversion processes (default: all CPUs). The training pairs as arrays (``train_arrays``, a
+    storage format) are the store_arrays stage's, in a folder of their own (deeplab.data.arrays).
     """
     if dataset not in LAYOUTS:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {', '.join(LAYOUTS)}")
@@ -58,11 +55,11 @@ def prepare(dataset: str, raw: Path, out: Path, *, expected_counts: Mapping[str,
     if raw.resolve() == out.resolve() or out.resolve() in raw.resolve().parents:
         raise PrepareError(f"the archives ({raw}) lie inside the output folder ({out}), which is replaced "
                            "as a whole: give prepare an output folder of its own")
-    _remove_leftovers(out)
+    remove_leftovers(out)
     build = out.parent / f".{out.name}.build-{os.getpid()}"
     try:
-        meta = _build(dataset, layout, archives, build, expected_counts, workers, train_arrays)
-        _swap_in(build, out)
+        meta = _build(dataset, layout, archives, build, expected_counts, workers)
+        swap_in(build, out)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
@@ -70,7 +67,7 @@ def prepare(dataset: str, raw: Path, out: Path, *, expected_counts: Mapping[str,
 
 
 def _build(dataset: str, layout: Layout, archives: list[Path], build: Path,
-           expected_counts: Mapping[str, int] | None, workers: int | None, train_arrays: bool) -> dict[str, Any]:
+           expected_counts: Mapping[str, int] | None, workers: int | None) -> dict[str, Any]:
     started = time.monotonic()
     with ThreadPoolExecutor(1) as pool:  # hashing overlaps extraction (hashlib releases the GIL)
         sums = pool.submit(lambda: {a.name: file_digests(a)["sha256"] for a in archives})
@@ -91,11 +88,6 @@ def _build(dataset: str, layout: Layout, archives: list[Path], build: Path,
             "sources": sources, "grayscale_images": sum(r.grayscale for r in results),
             "labels": "single-channel uint8 PNG of class indices, 255 = ignore",
             "images": "JPEG/PNG as shipped; read them as RGB (some ADE20k images are grayscale)"}
-    if train_arrays:
-        _log(f"storing the {counts['train']} training pairs as uint8 arrays")
-        _in_pool(_write_arrays, [(build, str(job.image.relative_to(build)), str(job.target.relative_to(build)))
-                                 for job in splits["train"]], workers)
-        meta["arrays"] = arrays.DESCRIPTION
     _write_splits(build, splits)
     atomic.write_json(build / "meta.json", meta, indent=1)  # last: its presence marks a complete folder
     _log(f"prepared {dataset} in {time.monotonic() - started:.1f} s")
@@ -104,10 +96,10 @@ def _build(dataset: str, layout: Layout, archives: list[Path], build: Path,
 
 def convert_all(jobs: list[Job], workers: int | None = None) -> list[Result]:
     """Convert every label, in a process pool when there are enough files to pay for it."""
-    return _in_pool(convert, jobs, workers)
+    return in_pool(convert, jobs, workers)
 
 
-def _in_pool(work: Callable[[Any], Any], jobs: list[Any], workers: int | None) -> list[Any]:
+def in_pool(work: Callable[[Any], Any], jobs: list[Any], workers: int | None) -> list[Any]:
     """``work`` over ``jobs``, in a process pool when there are enough of them to pay for it."""
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or len(jobs) < MIN_JOBS_FOR_POOL:
@@ -115,10 +107,6 @@ def _in_pool(work: Callable[[Any], Any], jobs: list[Any], workers: int | None) -
     chunk = max(1, min(64, len(jobs) // (workers * 8)))  # small chunks balance, large ones cut overhead
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         return pool.map(work, jobs, chunksize=chunk)
-
-
-def _write_arrays(job: tuple[Path, str, str]) -> None:
-    arrays.write_pair(*job)
 
 
 def _find_archives(dataset: str, layout: Layout, raw: Path) -> list[Path]:
@@ -157,7 +145,7 @@ def _write_splits(build: Path, splits: dict[str, list[Job]]) -> None:
         (build / "splits" / f"{split}.txt").write_text("".join(lines))
 
 
-def _swap_in(build: Path, out: Path) -> None:
+def swap_in(build: Path, out: Path) -> None:
     """Replace ``out`` by ``build`` with renames; the old folder is only deleted once the new is in."""
     if out.exists() or out.is_symlink():
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -168,7 +156,7 @@ def _swap_in(build: Path, out: Path) -> None:
         build.rename(out)
 
 
-def _remove_leftovers(out: Path) -> None:
+def remove_leftovers(out: Path) -> None:
     """Scratch folders of earlier runs that were killed before they could clean up."""
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in list(out.parent.glob(f".{out.name}.build-*")) + list(out.parent.glob(f".{out.name}.old-*")):

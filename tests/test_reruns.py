@@ -1,0 +1,88 @@
+"""What a params edit reruns in the smoke DAG, under Snakemake (dry run) and DVC (`dvc status`), with every
+output recorded as done (stand-in files; nothing trained): exactly the trainings and evaluations it changes."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.dag_fixtures import copy_checkout, run_tool, tool_env
+
+pytestmark = pytest.mark.slow
+
+# edit -> (file, pattern, replacement, trainings, evaluations) on the smoke preset (13 runs: 12 cells, one more seed)
+EDITS = {
+    "evaluate.precision: bf16": ("evaluate.yaml", r"precision: fp32", "precision: bf16", 0, 13),
+    "evaluate.ms_ratios gains a scale": ("evaluate.yaml", r"ms_ratios: \[0.5,", "ms_ratios: [0.25, 0.5,", 0, 13),
+    "a second seed for ade20k-r50-os8": ("presets.yaml", r"seeds: \{voc-r50-os16: \[0, 1\]\}",
+                                         "seeds: {voc-r50-os16: [0, 1], ade20k-r50-os8: [0, 1]}", 1, 1),
+    "experiment renamed": ("presets.yaml", r"experiment: deeplabv3plus-smoke", "experiment: renamed", 0, 0),
+    "register_models: true": ("presets.yaml", r"register_models: false", "register_models: true", 0, 0),
+    "VOC's train_arrays: true": ("datasets.yaml", r"train_arrays: false ", "train_arrays: true ", 0, 0),
+    "train.workers (smoke's override)": ("presets.yaml", r"workers: 0", "workers: 6", 0, 0),
+    "train.lr (smoke's override)": ("presets.yaml", r"lr: 0.05", "lr: 0.02", 13, 13),
+    "VOC's crop (smoke's override)": ("presets.yaml", r"voc:        \{base_scale: \[64, 48\], crop_size: \[32, 32\]",
+                                      "voc:        {base_scale: [64, 48], crop_size: [24, 24]", 5, 5),
+}
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A clean checkout whose smoke DAG is recorded as done under both engines: a stand-in file for every
+    output, `snakemake --touch` (params and inputs on record) and `dvc commit -f` of smoke/dvc.yaml."""
+    checkout = copy_checkout(tmp_path_factory.mktemp("reruns"))
+    summary = run_tool(["snakemake", "--summary", "--config", "preset=smoke"], checkout, timeout=300).stdout
+    for line in summary.splitlines()[1:]:
+        path = checkout / line.split("\t")[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("stand-in\n")
+    run_tool(["snakemake", "--touch", "--cores", "1", "--config", "preset=smoke", "doctor=skip"], checkout, timeout=300)
+    from dvc.repo import Repo
+    with Repo(str(checkout)) as repo:  # DVC's outputs of the smoke pipeline, the prepared folders among them
+        for stage in repo.index.stages:
+            if stage.path_in_repo.startswith("smoke/"):
+                for out in stage.outs:
+                    path = checkout / out.def_path
+                    if not path.exists():
+                        path.mkdir(parents=True, exist_ok=True) if not Path(out.def_path).suffix else \
+                            (path.parent.mkdir(parents=True, exist_ok=True), path.write_text("stand-in\n"))
+    run_tool(["dvc", "commit", "-f", "smoke/dvc.yaml"], checkout, timeout=300)
+    return checkout
+
+
+def snakemake_jobs(checkout: Path) -> Counter[str]:
+    out = run_tool(["snakemake", "-n", "--config", "preset=smoke"], checkout, timeout=300).stdout
+    return Counter(re.findall(r"^rule (\w+):", out, flags=re.MULTILINE))
+
+
+def dvc_stages(checkout: Path) -> Counter[str]:
+    subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=checkout, check=True, env=tool_env(),
+                   capture_output=True)
+    status = json.loads(run_tool(["dvc", "status", "smoke/dvc.yaml", "--json"], checkout, timeout=300).stdout)
+    return Counter(name.split(":")[-1].split("@")[0] for name in status)
+
+
+def test_recorded_dag_reruns_nothing(recorded: Path) -> None:
+    assert snakemake_jobs(recorded)["train_cell"] == 0 and dvc_stages(recorded) == Counter()
+
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_an_edit_reruns_exactly_what_it_changes_under_both_engines(edit: str, recorded: Path) -> None:
+    file, pattern, replacement, trainings, evaluations = EDITS[edit]
+    path = recorded / "params" / file
+    original = path.read_text()
+    path.write_text(re.sub(pattern, replacement, original, count=1, flags=re.MULTILINE))
+    assert path.read_text() != original
+    try:
+        jobs, stages = snakemake_jobs(recorded), dvc_stages(recorded)
+    finally:
+        path.write_text(original)
+        subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=recorded, check=True, env=tool_env(),
+                       capture_output=True)
+    assert (jobs["train_cell"], jobs["evaluate_cell"]) == (trainings, evaluations), jobs
+    assert (stages["train_cell"], stages["evaluate_cell"]) == (trainings, evaluations), stages
