@@ -138,6 +138,13 @@ def chain_rate(dataset: str, folder: Path, samples: int, batch: int, cold: bool,
     return samples // batch * batch, rate(sample, len(data), samples, batch, offset)
 
 
+def chain_rate_job(job: tuple[str, str, int, int, bool, int]) -> tuple[int, float]:
+    """:func:`chain_rate` in a pool's worker process (one thread, as a loader worker)."""
+    dataset, folder, samples, batch, cold, offset = job
+    torch.set_num_threads(1)
+    return chain_rate(dataset, Path(folder), samples, batch, cold=cold, offset=offset)
+
+
 def cache_drop_line(megabytes: int = 64) -> str:
     """Whether dropping a file from the page cache makes its next read slower on this filesystem."""
     with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
