@@ -23,7 +23,7 @@ from typing import Callable, Literal
 from deeplab import device as devices
 from deeplab.config import Params, Preset
 from deeplab.data.sources import (ARCHIVES, DISK_GIB, IMAGENET_WEIGHTS, PREPARED_SHARE, RUN_GIB, SYNTHETIC_GIB,
-                                  TYPICAL_PIXELS)
+                                  arrays_gib)
 from deeplab.datasets import stored_arrays
 from deeplab.environment import lock_state
 
@@ -145,7 +145,7 @@ def disk_check(params: Params, preset: Preset, datasets: list[str]) -> Check:
             needed += size * PREPARED_SHARE
         if recipe.train_arrays and not preset.synthetic and \
                 stored_arrays(paths.arrays_dir(dataset), paths.prepared_dir(dataset), recipe.train_split):
-            needed += recipe.expected_counts["train"] * TYPICAL_PIXELS[dataset] * 4 / 2**30
+            needed += arrays_gib(dataset, recipe.expected_counts["train"])
     runs = [run for run in params.runs(preset.name) if not Path(run.files.model).is_file()]
     needed += len(runs) * (SYNTHETIC_GIB if preset.synthetic else RUN_GIB)
     free = min(_gib_free(Path(preset.data_dir)), _gib_free(Path(preset.results_dir)))

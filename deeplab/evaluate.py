@@ -105,8 +105,16 @@ class OutOfMemoryFallback:
         self.retried: list[tuple[str, float]] = []
 
     def cpu_model(self) -> nn.Module:
+        """A CPU copy of the model, made without allocating anything on the GPU (which has just run out):
+        each parameter and buffer is copied straight to the CPU and the module tree is deep-copied around
+        those copies (``copy.deepcopy(model).cpu()`` would first clone every tensor on the GPU)."""
         if self._cpu_model is None:
-            self._cpu_model = copy.deepcopy(self.model).cpu().eval()
+            memo: dict[int, Any] = {}
+            for tensor in self.model.parameters():
+                memo[id(tensor)] = nn.Parameter(tensor.detach().to("cpu", copy=True), tensor.requires_grad)
+            for tensor in self.model.buffers():
+                memo[id(tensor)] = tensor.detach().to("cpu", copy=True)
+            self._cpu_model = copy.deepcopy(self.model, memo).eval()
         return self._cpu_model
 
     def retry(self, source: torch.Tensor, ratio: float, flip: bool, protocol: Protocol, spec: InputSpec,

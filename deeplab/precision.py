@@ -5,7 +5,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 
@@ -27,6 +29,18 @@ def configure_backends(dtype: torch.dtype | None, deterministic: bool = False, b
     torch.backends.cudnn.benchmark = benchmark and not deterministic
     torch.backends.cuda.matmul.allow_tf32 = dtype is not None
     torch.backends.cudnn.allow_tf32 = dtype is not None
+
+
+@contextlib.contextmanager
+def tf32_as(dtype: torch.dtype | None) -> Iterator[None]:
+    """TF32 as a run at ``dtype`` computes (off for fp32, on under autocast), restored afterwards: periodic
+    validation scores at the evaluation's numerics inside a training that runs with TF32 on."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = dtype is not None
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def precision_name(dtype: torch.dtype | None) -> str:

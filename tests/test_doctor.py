@@ -113,3 +113,22 @@ def test_the_plan_on_a_24_gb_gpu_names_the_cells_whose_batchnorm_sees_fewer_imag
 def test_the_mlflow_store_must_answer() -> None:
     assert doctor.mlflow_check("http://127.0.0.1:9/").status == "FAIL"  # the discard port: nobody answers
     assert doctor.mlflow_check("sqlite:///" + str(ROOT / "no-such-dir" / "mlflow.db")).status == "OK"  # created later
+
+
+def test_readme_disk_figures_are_the_doctors() -> None:
+    """README's disk paragraph gives the figures the doctor adds up (deeplab/data/sources.py), not others."""
+    import re
+
+    from deeplab.data.sources import DISK_GIB, PREPARED_SHARE, RUN_GIB, arrays_gib
+    text = " ".join((ROOT / "README.md").read_text().split())
+    found = re.search(r"Disk: about ([\d.]+) GiB of archives \(VOC ([\d.]+), ADE20k ([\d.]+), Cityscapes ([\d.]+)\), "
+                      r"at most as much again prepared, ([\d.]+) GiB more for Cityscapes' training pairs stored as "
+                      r"arrays \(below\), and about ([\d.]+) GiB per run \((\d+) GiB for the (\d+)\): some (\d+) GiB in all",
+                      text)
+    assert found, "README.md's disk paragraph is gone or reworded; keep it in step with deeplab/data/sources.py"
+    archives, voc, ade, city, arrays, run, runs, count, total = (float(v) for v in found.groups())
+    assert (voc, ade, city) == (DISK_GIB["voc"], DISK_GIB["ade20k"], DISK_GIB["cityscapes"])
+    assert archives == round(sum(DISK_GIB.values()), 1) and PREPARED_SHARE == 1.0
+    assert arrays == round(arrays_gib("cityscapes", PARAMS.datasets["cityscapes"].expected_counts["train"]), 1)
+    assert run == RUN_GIB and count == len(PARAMS.cells) and runs == RUN_GIB * count
+    assert total == round(archives * (1 + PREPARED_SHARE) + arrays + runs)

@@ -185,3 +185,60 @@ def test_a_pass_out_of_memory_is_done_again_with_the_same_numbers(failures: int,
     assert len(failed) == 2 * images and set(failed.values()) == {failures}  # both flips of every image
     assert len([w for w in seen if "did not fit" in str(w.message)]) == images  # one per image and scale
     assert all(torch.equal(clean[name], retried[name]) for name in clean)
+
+
+def test_the_cpu_copy_of_the_fallback_clones_nothing_on_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback runs because the GPU is full: its CPU copy of the model must not first clone the model's
+    tensors where they are (copy.deepcopy(model).cpu() does). Every tensor of the model is watched: none is
+    deep-copied; the copy lives on the CPU, is a separate module and gives the model's outputs."""
+    cfg = load_params(ROOT / "params").resolve(CELL, "smoke")
+    torch.manual_seed(0)
+    model = build_model(cfg, torch.device("cpu")).eval()
+    watched = {id(t) for t in [*model.parameters(), *model.buffers()]}
+    cloned: list[tuple[int, ...]] = []
+
+    def watch(cls: type) -> None:
+        real = cls.__deepcopy__
+
+        def deepcopy(self, memo):  # noqa: ANN001, ANN202
+            if id(self) in watched:
+                cloned.append(tuple(self.shape))  # on a GPU this clone would be a device allocation
+            return real(self, memo)
+        monkeypatch.setattr(cls, "__deepcopy__", deepcopy)
+    watch(torch.Tensor)  # buffers
+    watch(torch.nn.Parameter)  # parameters: their own __deepcopy__ clones the data where it is
+    copy = evaluation.OutOfMemoryFallback(model).cpu_model()
+    assert cloned == []
+    assert all(p.device.type == "cpu" for p in copy.parameters()) and not copy.training
+    assert all(a is not b for a, b in zip(copy.parameters(), model.parameters()))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(copy(x)["out"], model(x)["out"])
+    import copy as copying
+    copying.deepcopy(model)  # the control: the old way clones every tensor of the model
+    assert len(cloned) == len(watched)
+
+
+def test_periodic_validation_scores_at_the_evaluations_numerics(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training in bf16 runs with TF32 on; the periodic val mIoU is scored as evaluate.precision says (fp32:
+    TF32 off), and the training's switches are back afterwards."""
+    from deeplab import distributed, validation
+    cfg = load_params(ROOT / "params").resolve(CELL, "smoke")
+    seen = []
+
+    def fake_split(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        seen.append((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, kwargs["spec"].dtype))
+        matrix = ConfusionMatrix(cfg.data.num_classes)
+        return type("Scored", (), {"matrices": {SINGLE_SCALE.name: matrix}})()
+    monkeypatch.setattr(validation, "evaluate_split", fake_split)
+    logged = []
+    tracker = type("Tracker", (), {"log_metrics": lambda self, metrics, step: logged.append(step)})()
+    ctx = distributed.Context(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as bf16 training sets them
+        validation.validator(cfg, ctx, tracker)(torch.nn.Identity(), 100)
+        assert seen == [(False, False, None)] and logged == [100]
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before

@@ -92,6 +92,11 @@ RUN_GIB = 1.5             # one training run's results: model, checkpoint (weigh
 # a dataset's usual image (h x w), for the disk its training pairs take as uint8 arrays (train_arrays): 4 bytes a pixel
 TYPICAL_PIXELS: Mapping[str, int] = MappingProxyType({"voc": 375 * 500, "ade20k": 512 * 683, "cityscapes": 1024 * 2048})
 
+
+def arrays_gib(dataset: str, train_images: int) -> float:
+    """GiB that ``train_images`` training pairs of ``dataset`` take as uint8 arrays (RGB + label: 4 bytes a pixel)."""
+    return train_images * TYPICAL_PIXELS[dataset] * 4 / 2**30
+
 # backbone -> ImageNet checkpoint (ResNet V1c, openmmlab); the 8 hex digits in the name start its sha256
 IMAGENET_WEIGHTS: Mapping[str, ArchiveSpec] = MappingProxyType({
     "r50": ArchiveSpec(filename="resnet50_v1c-2cccc1ad.pth",
