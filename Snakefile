@@ -62,13 +62,21 @@ wildcard_constraints:
     cell="|".join(map(re.escape, CELLS)),
 
 # Small, network-bound or bookkeeping jobs stay on the submitting host under a cluster executor.
-localrules: all, download_dataset, download_weights, init_tracking, make_table, reference_table
+localrules: all, download_dataset, download_weights, download_reference_log, init_tracking, make_table, reference_table
+COMPARES = PARAMS.preset(PRESET).schedule_must_match_reference  # fetch each cell's reference log before it trains
 
 
 def weights_for(wildcards):
     """The backbone's ImageNet checkpoint, only when the preset trains from it."""
     run = RUNS[wildcards.run]
     return [] if run.model.pretrained == "none" else PATHS.weights_manifest(run.cell.backbone)
+
+
+def reference_log_for(wildcards):
+    """The cell's reference log where the preset compares with the reference: order only (ancient), so a
+    log fetched later retrains nothing; it arms the training's yardstick."""
+    run = RUNS[wildcards.run]
+    return [ancient(PATHS.reference_run(run.cell.id).reference_log_asset)] if COMPARES else []
 
 
 def train_minutes(wildcards):
@@ -102,6 +110,14 @@ rule download_weights:
     shell: "{PY} -m pipeline.download --weights {wildcards.backbone} {STAGE_ARGS} > {log} 2>&1"
 
 
+rule download_reference_log:  # the yardstick: the reference's training log of a cell (a failed fetch only warns)
+    output:
+        log=PATHS.reference_run("{cell}").reference_log,
+        asset=PATHS.reference_run("{cell}").reference_log_asset,
+    log: PATHS.log("download_reference_log", "{cell}")
+    shell: "{PY} -m pipeline.download --reference-log {wildcards.cell} {STAGE_ARGS} > {log} 2>&1"
+
+
 rule prepare_dataset:
     input: manifest=rules.download_dataset.output.manifest
     output: meta=PATHS.prepared_meta("{dataset}")
@@ -133,6 +149,7 @@ rule train_cell:  # one job per training run: a cell, or a further seed of it
         # order only: the arrays are how the prepared pixels are stored, and storing them retrains nothing
         arrays=lambda w: ancient(PATHS.arrays_source(RUNS[w.run].cell.dataset)),
         weights=weights_for,
+        reference_log=reference_log_for,
         tracking=ancient(rules.init_tracking.output.store),  # order only: a re-made store retrains nothing
     output: model=PATHS.run("{run}").model  # written last; the training log and config beside it
     log: PATHS.log("train_cell", "{run}")
@@ -186,15 +203,14 @@ rule make_table:
 
 
 # The reference's released weights through our evaluation (needs the network and the prepared data, not the
-# training rules): `snakemake --cores all results/reference.md --forcerun reference_table`; the --forcerun
-# replaces the workflow profile's (make_table), which would pull the whole training DAG in.
+# training rules): `snakemake --cores all results/reference.md`.
 rule reference_eval:
     input:
         meta=lambda w: PATHS.prepared_meta(CELLS[w.cell].dataset),
+        reference_log=rules.download_reference_log.output.log,  # its curve goes into the reference's run
         tracking=ancient(rules.init_tracking.output.store),
     output:
         metrics=PATHS.reference_run("{cell}").metrics,
-        log=PATHS.reference_run("{cell}").reference_log,
     log: PATHS.log("reference_eval", "{cell}")
     resources: gpu=1, mem_mb=16000, runtime=2 * 60
     shell:

@@ -192,15 +192,17 @@ def log_to_mlflow(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -
 
 
 def run_reference_evaluation(cfg: CellConfig, device: torch.device, source: str | None = None) -> dict[str, Any]:
-    """Download the reference's checkpoint (and training log) of the cell, evaluate the weights with our
-    evaluation (single scale and multi-scale + flip), write the reference run's metrics.json, pictures and
-    parsed log, and mirror them to an MLflow run tagged as a reference evaluation."""
+    """Download the reference's checkpoint of the cell (and its training log, unless the download step
+    has), evaluate the weights with our evaluation (single scale and multi-scale + flip), write the
+    reference run's metrics.json and pictures, and mirror them and the log to an MLflow run tagged as a
+    reference evaluation."""
     paths = cfg.preset.paths
     files = paths.reference_run(cfg.cell.id)
     Path(files.dir).mkdir(parents=True, exist_ok=True)
     checkpoint = reference.fetch_asset(cfg.cell, "pth", Path(paths.reference_dir()), source)
-    log = reference.fetch_asset(cfg.cell, "log", Path(paths.reference_dir()), source)
-    log_rows = reference.write_log(reference.parse_log(log), Path(files.reference_log))
+    log_rows = reference_rows(cfg)  # the DAG's download step fetched it; by hand, fetch it now
+    if not log_rows:
+        log_rows = reference.fetch_log(cfg.cell, Path(paths.reference_dir()), Path(files.reference_log), source)
     state = reference.load_checkpoint(checkpoint)
     started = time.perf_counter()
     model = build_model(cfg, device)

@@ -34,6 +34,7 @@ def run_tags(cfg: CellConfig) -> dict[str, str]:
 
 
 def reference_rows(cfg: CellConfig) -> list[dict[str, str]]:
-    """The reference's parsed training log of the cell (pipeline.reference_eval wrote it), or none."""
+    """The reference's parsed training log of the cell (the download step or pipeline.reference_eval wrote
+    it), or none (not fetched, or it could not be)."""
     path = Path(cfg.preset.paths.reference_run(cfg.cell.id).reference_log)
     return reference_log.read_log_csv(path) if path.is_file() else []

@@ -68,8 +68,15 @@ class CellFiles:
 
     @property
     def reference_log(self) -> str:
-        """The reference's training log of this cell, parsed: one CSV row per logged iteration."""
+        """The reference's training log of this cell, parsed: one CSV row per logged iteration (a header
+        alone when it could not be fetched)."""
         return f"{self.dir}/reference_log.csv"
+
+    @property
+    def reference_log_asset(self) -> str:
+        """Which release asset the reference's log of this cell is (written with it, the same whether it could
+        be fetched or not): what training waits for, so fetching the log later retrains nothing."""
+        return f"{self.dir}/reference_log.json"
 
     @property
     def environment(self) -> str:

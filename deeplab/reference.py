@@ -69,6 +69,12 @@ def fetch_asset(cell: Cell, kind: str, dest_dir: Path, source: str | None = None
     return path
 
 
+def fetch_log(cell: Cell, dest_dir: Path, parsed: Path, source: str | None = None) -> list[dict[str, str]]:
+    """Fetch the cell's training log into ``dest_dir`` (pinned, resumable: :func:`fetch_asset`), parse it and
+    write the rows to ``parsed`` (deeplab.paths' ``reference_log``); return them."""
+    return write_log(parse_log(fetch_asset(cell, "log", dest_dir, source)), parsed)
+
+
 def pin(dest_dir: Path, name: str) -> dict[str, Any]:
     """The recorded size and sha256 of a downloaded asset."""
     return json.loads((dest_dir / PINS).read_text())[name]
@@ -210,6 +216,8 @@ def spent(path: Path, gpus: int) -> Spent | None:
     if not path.is_file():
         return None
     rows = read_log_csv(path)
+    if not rows:  # a header alone: the log could not be fetched
+        return None
     seconds = sorted(float(r["seconds_per_iter"]) for r in rows if r["seconds_per_iter"])
     memory = [float(r["max_gpu_alloc_GB"]) for r in rows if r["max_gpu_alloc_GB"]]
     return Spent(seconds[len(seconds) // 2] if seconds else None, max(memory) if memory else None,

@@ -62,6 +62,12 @@ class Yardstick:
 
     def __init__(self, cfg: CellConfig, max_iters: int, tracker: Tracker, enabled: bool = True) -> None:
         rows = reference_rows(cfg) if enabled else []  # DDP: rank 0 judges, the others follow its stop
+        if enabled and not rows and cfg.preset.schedule_must_match_reference:  # the preset compares: say it is off
+            warnings.warn(f"{cfg.run_name}: the yardstick is off: the reference's training log of {cfg.cell.id} is not "
+                          f"in {cfg.preset.paths.reference_run(cfg.cell.id).reference_log} (its download failed, or "
+                          "was not run); the run goes on unwatched. Fetch it with `python -m pipeline.download "
+                          f"--reference-log {cfg.cell.id} --preset {cfg.preset.name}`: a resumed run is then held to it",
+                          RuntimeWarning, stacklevel=2)
         self.rows = rows if rows and int(rows[0]["max_iters"]) == max_iters else []  # the same schedule only
         self.cfg, self.tracker = cfg, tracker
         self.ours: dict[int, float] = {}

@@ -57,6 +57,7 @@ NO_CODE_DEPS = {
                         "(a code edit must not re-download tens of GB; the synthetic ones are a demo's)",
     "download_weights": "the official checkpoints, verified the same way",
     "init_tracking": "the MLflow store's address: bookkeeping, no result",
+    "download_reference_log": "the reference's training log, pinned by its sha256 on the first fetch",
 }
 # The stages whose params are a record of the run, generated (RECORD_STAGES[stage] = the record).
 RECORD_STAGES = {"train_cell": TRAINING, "evaluate_cell": EVALUATION}
@@ -223,7 +224,9 @@ def variables(params: Params, preset: str) -> dict[str, Any]:
     runs = {run.run_key.replace("/", "-"): {"cell": run.cell.id, "seed": run.train.seed,
                                             "dataset": run.cell.dataset, "backbone": run.cell.backbone,
                                             "dir": run.files.dir} for run in params.runs(preset)}
-    return {"preset": chosen.name, "data": chosen.data_dir, "results": chosen.results_dir, "runs": runs}
+    cells = {cell_id: {"cell": cell_id, "dataset": cell.dataset} for cell_id, cell in params.cells.items()}
+    return {"preset": chosen.name, "data": chosen.data_dir, "results": chosen.results_dir, "runs": runs,
+            "cells": cells}
 
 
 def reference_variables(params: Params) -> dict[str, Any]:
@@ -249,6 +252,10 @@ def generated(doc: dict[str, Any], params: Params, preset: str) -> str:
     """The text of ``<preset>/dvc.yaml``."""
     stages = {name: ({**body, "do": {"wdir": "..", **body["do"]}} if "do" in body else {"wdir": "..", **body})
               for name, body in doc["stages"].items()}
+    if not params.preset(preset).schedule_must_match_reference:  # a preset that compares with nothing fetches no log
+        stages.pop("download_reference_log")
+        body = stages["train_cell"]["do"]
+        body["deps"] = [d for d in body["deps"] if not str(d).endswith("/reference_log.json")]
     table = stages["make_table"]
     code = [dep for dep in table["deps"] if not str(dep).endswith("/metrics.json")]
     table["deps"] = table_inputs(params, preset) + code
@@ -274,8 +281,12 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
         "prepare_dataset": lambda: {paths.raw_dir(item["dataset"]), paths.prepared_dir(item["dataset"])},
         "store_arrays": lambda: {paths.prepared_dir(item["dataset"]), paths.arrays_dir(item["dataset"])},
         "init_tracking": lambda: {paths.tracking_marker()},
+        "download_reference_log": lambda: {paths.reference_run(item["cell"]).reference_log,
+                                           paths.reference_run(item["cell"]).reference_log_asset},
         "train_cell": lambda: {paths.prepared_dir(item["dataset"]), paths.arrays_source(item["dataset"]),
-                               paths.weights_manifest(item["backbone"]), files.model, files.config, files.train_log},
+                               paths.weights_manifest(item["backbone"]), files.model, files.config, files.train_log}
+        | ({paths.reference_run(item["cell"]).reference_log_asset}
+           if params.preset(preset).schedule_must_match_reference else set()),
         "evaluate_cell": lambda: {files.model, paths.prepared_dir(item["dataset"]), files.metrics, files.scores,
                                   files.class_iou},
         "make_table": lambda: {run.files.metrics for run in params.runs(preset)}

@@ -54,14 +54,18 @@ def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checko
         assert "--preset full" in block and weights in block, block
     counts = Counter(re.findall(r"(?m)^(?:local)?rule (\w+):", out))
     assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "store_arrays": 3,
-                      "init_tracking": 1, "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
+                      "download_reference_log": 12, "init_tracking": 1, "train_cell": 12, "evaluate_cell": 12,
+                      "make_table": 1}
+    for block in train:  # the yardstick's log is fetched before each cell trains
+        cell = re.search(r"wildcards: run=(\S+)", block).group(1)  # type: ignore[union-attr]
+        assert f"results/reference/{cell}/reference_log.json" in block, block
 
 
 def test_the_reference_table_needs_the_data_but_no_training(checkout: Path) -> None:
-    out = _dry_run(checkout, "results/reference.md", "--forcerun", "reference_table")  # (not the profile's make_table)
+    out = _dry_run(checkout, "results/reference.md")  # the profile's forced make_table stays out of it
     counts = Counter(re.findall(r"(?m)^(?:local)?rule (\w+):", out))
     assert counts == {"download_dataset": 3, "prepare_dataset": 3, "init_tracking": 1, "reference_eval": 12,
-                      "reference_table": 1}, counts
+                      "download_reference_log": 12, "reference_table": 1}, counts
     (block,) = [b for b in _job_blocks(out, "reference_eval") if "cell=ade20k-r101-os8" in b]
     assert "-m pipeline.reference_eval --cell ade20k-r101-os8 --preset full" in block
 
@@ -97,7 +101,8 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
     full = {name: s for name, s in stages.items() if "/" not in name.split(":")[0]}
     counts = Counter(name.split("@")[0] for name in full)
     assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "store_arrays": 3,
-                      "init_tracking": 1, "train_cell": 12, "evaluate_cell": 12, "make_table": 1}
+                      "download_reference_log": 12, "init_tracking": 1, "train_cell": 12, "evaluate_cell": 12,
+                      "make_table": 1}
     # the reference's weights: a pipeline of their own (a plain `dvc repro` never downloads them), run from the root
     reference = {name.removeprefix("reference/dvc.yaml:"): s for name, s in stages.items()
                  if name.startswith("reference/")}
@@ -143,7 +148,9 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     for name, stage in ((n, s) for n, s in smoke.items() if n in full):
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
         assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke"), name
-    assert set(smoke) == set(full) | {"train_cell@voc-r50-os16-seed1", "evaluate_cell@voc-r50-os16-seed1"}
+    # the smoke preset compares with no reference: it fetches no reference log
+    assert set(smoke) == {name for name in full if not name.startswith("download_reference_log@")} \
+        | {"train_cell@voc-r50-os16-seed1", "evaluate_cell@voc-r50-os16-seed1"}
     files = paths.cell("voc-r50-os8")
     assert {o.def_path for o in smoke["evaluate_cell@voc-r50-os8"].outs} == {files.metrics, files.scores, files.class_iou}
     files = paths.cell("voc-r50-os16", 1)
@@ -167,7 +174,7 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     assert wrong.returncode == 1 and "stage evaluate_cell" in wrong.stderr and "metric.json" in wrong.stderr
     reference = checkout / "reference" / "dvc.yaml"  # the reference's pipeline is checked the same way
     original = reference.read_text()
-    reference.write_text(original.replace("/reference_log.csv:", "/reference.csv:", 1))
+    reference.write_text(original.replace("/reference_log.csv   #", "/reference.csv   #", 1))
     wrong = subprocess.run(check, cwd=checkout, capture_output=True, text=True, env=_env())
     reference.write_text(original)
     assert wrong.returncode == 1 and "reference/dvc.yaml: stage reference_eval" in wrong.stderr

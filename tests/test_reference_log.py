@@ -116,3 +116,49 @@ def test_training_itself_warns_and_stops_when_asked_at_the_window_the_band_says(
     assert code == 1 and "stopped at iteration 5 (train.stop_when_diverging)" in capsys.readouterr().err
     assert torch.load(project / cfg.files.checkpoint, weights_only=False)["iteration"] == 5
     assert not (project / cfg.files.model).exists() and run.info.status == "FAILED"
+
+
+def test_the_dag_fetches_the_log_and_a_failed_fetch_only_turns_the_yardstick_off(
+        project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """pipeline.download --reference-log (the DAG's step before a cell trains, where the preset compares with
+    the reference): a log it can fetch is parsed into reference_log.csv and pinned; one it cannot is a warning
+    line, exit 0 and a header alone, and the training then warns once that its yardstick is off and how to
+    fetch the log, and trains. reference_log.json, what training waits for, is the same either way."""
+    import json
+    import shutil
+
+    import pipeline.download
+    from tests.data_fixtures import Script, _FileHandler, _serve
+    from tests.test_reference_eval import reference_log as log_text
+    shrink_params(project / "params")
+    monkeypatch.chdir(project)
+    files = load_params(project / "params").preset("smoke").paths.reference_run(CELL)
+    served = _serve(_FileHandler, "script", Script())
+    url, script = next(served)
+    try:
+        script.files["/deeplabv3plus_resnet50os16_voc.log"] = log_text([50, 100, 150]).encode()
+        args = ["--reference-log", CELL, "--preset", "smoke", "--source", url]
+        assert pipeline.download.main(args) == 0
+        assert [r["iteration"] for r in reference_log.read_log_csv(Path(files.reference_log))] == ["50", "100", "150"]
+        asset = Path(files.reference_log_asset).read_text()
+        assert json.loads(asset)["asset"] == "deeplabv3plus_resnet50os16_voc.log"
+        pins = json.loads((project / "data/smoke/raw/reference/pins.json").read_text())
+        assert "deeplabv3plus_resnet50os16_voc.log" in pins
+        shutil.rmtree(files.dir)
+        (project / "data/smoke/raw/reference/deeplabv3plus_resnet50os16_voc.log").unlink()
+        del script.files["/deeplabv3plus_resnet50os16_voc.log"]  # the store answers 404
+        capsys.readouterr()
+        assert pipeline.download.main(args) == 0
+        out = capsys.readouterr().out
+        assert "warning: the reference's training log of voc-r50-os16 could not be fetched" in out
+        assert f"python -m pipeline.download --reference-log {CELL} --preset smoke" in out
+        assert reference_log.read_log_csv(Path(files.reference_log)) == [] and Path(files.reference_log_asset).read_text() == asset
+    finally:
+        next(served, None)
+    presets = project / "params" / "presets.yaml"  # the smoke preset compares with the reference, as the full one
+    presets.write_text(presets.read_text().replace("schedule_must_match_reference: false",
+                                                   "schedule_must_match_reference: true", 1))
+    with pytest.warns(RuntimeWarning, match=r"the yardstick is off: the reference's training log of voc-r50-os16 is not "
+                                            r"in .*reference_log.csv .*python -m pipeline.download --reference-log") as seen:
+        assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
+    assert len([w for w in seen if "yardstick is off" in str(w.message)]) == 1
