@@ -22,13 +22,14 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 # After editing pyproject.toml's dependencies: resolve the whole environment again (Linux x86_64, Python 3.11;
 # existing pins are kept where they still satisfy pyproject.toml). Commit requirements.lock with the change.
 # TORCH_INDEX: a PyTorch wheel index whose builds win (an older driver: TORCH_INDEX=https://download.pytorch.org/whl/cu128;
-# the registry's torch 2.14.1 is the CUDA 13.0 build, which needs an r580+ driver).
+# the registry's torch 2.14.1 is the CUDA 13.0 build, which needs an r580+ driver). The lock then names the
+# indexes it was resolved from (--emit-index-url), so `uv pip sync` (make test, make demo) installs from them.
 TORCH_INDEX ?=
 lock:
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	test -x $(UV) || $(PY) -m pip install -q "uv>=0.13,<0.14"
 	$(UV) pip compile pyproject.toml --extra dev --generate-hashes $(LOCK_FOR) \
-		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) -o requirements.lock
+		$(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX) --emit-index-url) -o requirements.lock
 
 # The main job on its embedded default: the whole DAG (3 datasets, 12 cells, 12 MLflow runs, the table)
 # on the smoke preset on CPU. Rerunning it redoes only what changed; its table is results/smoke/table.md.
