@@ -62,4 +62,4 @@ def test_the_same_thing_has_the_same_option_everywhere(monkeypatch: pytest.Monke
         if "--multi-scale" in options:
             assert isinstance(options["--multi-scale"], argparse._StoreTrueAction), tool
     assert {t for t in TOOLS if "--preset" not in _options(_parser(t, monkeypatch))} == \
-        {"dvc_presets", "plots_template", "gpu_slot"}  # the tools that work on no single preset
+        {"dvc_presets", "plots_template", "gpu_slot", "folder"}  # the tools that work on no single preset
