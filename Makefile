@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	touch $@
 
 # `dvc plots show`'s page with Vega inlined, so it renders offline (.dvc/config names it; never committed)
-.dvc/plots_offline.html: $(VENV)/.installed
+.dvc/plots_offline.html: $(VENV)/.installed pipeline/plots_template.py
 	$(PY) -m pipeline.plots_template
 
 # After editing pyproject.toml's dependencies: resolve the whole environment again (Linux x86_64, Python 3.11;
@@ -35,7 +35,8 @@ lock:
 # on the smoke preset on CPU. Rerunning it redoes only what changed; its table is results/smoke/table.md.
 demo: $(VENV)/.installed .dvc/plots_offline.html
 	$(VENV)/bin/snakemake --cores all --config preset=smoke
-	@echo "Smoke table: results/smoke/table.md; MLflow: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db"
+	@echo "Smoke table: results/smoke/table.md; report: $(VENV)/bin/snakemake --report report.html --config preset=smoke"
+	@$(PY) -m pipeline.init_tracking --preset smoke --ui
 
 test: $(VENV)/.installed .dvc/plots_offline.html
 	$(PY) -m pytest

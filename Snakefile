@@ -2,7 +2,7 @@
 #   snakemake --cores all results/table.md                      the full recipe (needs GPUs and the data)
 #   snakemake --cores all --config preset=smoke                 the smoke preset on CPU, in minutes
 #   snakemake --profile profiles/slurm results/table.md         one SLURM job per cell
-#   snakemake --report report.html [--config preset=smoke]       one self-contained page: table, pictures
+#   snakemake --report report.html [--config preset=smoke]       one self-contained page: tables, pictures
 # Every number lives in params/ (loaded and validated by deeplab.config); every file name in deeplab.paths,
 # which this file and the stages both ask (so a rule's outputs are exactly what its command writes); rules
 # pass only ids and the preset. dvc.yaml runs the same commands (reference/dvc.yaml those of the reference rules).
@@ -44,6 +44,11 @@ onstart:  # one line per check before any job starts; a check that fails stops t
         print("pipeline.doctor: skipped (--config doctor=skip): nothing was checked before the jobs start")
     else:
         shell(f"{PY} -m pipeline.doctor {STAGE_ARGS}{doctor_scope()}" + ("" if workflow.local_exec else " --gpus-elsewhere"))
+
+
+# `snakemake --report`'s home page: what the DAG does, then the preset's tables (its template reads the paths here)
+config["report_files"] = {"tables": PATHS.table_html(), "summary": PATHS.summary()}
+report: "docs/report.rst"
 
 
 def in_results(path):
@@ -195,6 +200,7 @@ rule make_table:
     input: metrics=[PATHS.run(run).metrics for run in RUNS]
     output:  # the full preset also rewrites README.md's results block
         table=report(in_results(PATHS.table()), category="results table", labels={"file": "table.md"}),
+        table_html=report(in_results(PATHS.table_html()), category="results table", labels={"file": "table.html"}),
         summary=report(in_results(PATHS.summary()), category="results table", labels={"file": "summary.csv"}),
         seeds=[in_results(PATHS.seeds_summary(cell)) for cell in PARAMS.seeded_cells(PRESET)],
         per_class=in_results(PATHS.per_class_iou()),

@@ -51,7 +51,7 @@ RECORDS: dict[str, dict[str, str]] = {
     "train": {"lr": TRAINING, "min_lr": TRAINING, "poly_power": TRAINING, "momentum": TRAINING,
               "weight_decay": TRAINING, "aux_weight": TRAINING, "precision": TRAINING,
               "device": "where it computes: a GPU's result is the recipe's, wherever it runs",
-              "channels_last": TRAINING, "checkpoint_every": SPEED, "log_every": SPEED, "val_every": SPEED,
+              "channels_last": TRAINING, "checkpoint_every": SPEED, "log_every": SPEED, "system_metrics_every_s": SPEED, "val_every": SPEED,
               "workers": SPEED, "seed": TRAINING, "deterministic": TRAINING, "reference_replicas": TRAINING,
               "max_micro_batch": "gradient accumulation keeps the gradient (BatchNorm's batch is on record apart)",
               "compile": SPEED, "stop_when_diverging": "stops a run; what it trains is unchanged",
@@ -154,6 +154,7 @@ class TrainSettings:
     channels_last: bool
     checkpoint_every: int
     log_every: int
+    system_metrics_every_s: float  # seconds between MLflow's system-metric samples while training and evaluating
     val_every: int
     workers: int
     seed: int
@@ -186,6 +187,8 @@ class TrainSettings:
                 problems[key] = "must not be negative"
         if self.crop_tries < 1:
             problems["crop_tries"] = "must be at least 1"
+        if self.system_metrics_every_s <= 0:
+            problems["system_metrics_every_s"] = "must be a positive number of seconds"
         if self.lr <= 0:
             problems["lr"] = "must be positive"
         elif not 0 <= self.min_lr <= self.lr:

@@ -29,7 +29,7 @@ from deeplab.model import build_model, load_trained
 from deeplab.paths import CellFiles
 from deeplab.precision import configure_backends, precision_name, resolve_precision
 from deeplab.predict import read_any_image
-from deeplab.tracking import Tracker, metric_key
+from deeplab.tracking import Tracker, log_split, metric_key
 
 GRID_SAMPLES = 4  # images in the predictions picture
 
@@ -47,16 +47,18 @@ def run_evaluation(cfg: CellConfig, chosen: list[Protocol], device: torch.device
     tracker = tracker_for(cfg)
     precision = precision_name(resolve_precision(cfg.evaluate.precision, device))
     tracker.start(cfg.run_name, tags={"eval_precision": precision})  # in the background, while the split is scored
+    tracker.monitor_system(cfg.train.system_metrics_every_s)
+    log_split(tracker, cfg, cfg.data.val_split, "evaluation")
     try:
         doc, pictures = score(cfg, chosen, device, predictions_dir, tracker)
     except BaseException:
         tracker.end("FAILED")
         raise
-    log_to_mlflow(tracker, doc, pictures)
+    log_to_mlflow(tracker, cfg.cell.dataset, doc, pictures)
     write_dvc_views(cfg.files, doc)
     atomic.write_json(cfg.files.metrics, doc)
     tracker.log_artifact(cfg.files.metrics)
-    log_served_model(cfg, tracker)
+    log_served_model(cfg, tracker, doc)
     tracker.end("FINISHED")
     return doc
 
@@ -70,14 +72,15 @@ def write_dvc_views(files: CellFiles, doc: dict[str, Any]) -> None:
     atomic.write_text(files.class_iou, pd.DataFrame(rows, columns=["class", "IoU"]).to_csv(index=False))
 
 
-def log_served_model(cfg: CellConfig, tracker: Tracker) -> None:
-    """The cell's model as an MLflow PyTorch model (deeplab.serving), on the CPU, with a val image as its
-    input example; the full preset's is registered too."""
+def log_served_model(cfg: CellConfig, tracker: Tracker, doc: dict[str, Any]) -> None:
+    """The cell's model as an MLflow PyTorch model named after the run (deeplab.serving), on the CPU, with
+    a val image as its input example and the cell and its mIoU (metrics.json ``doc``) as tags; registered
+    under the same name where the preset registers models."""
     cpu = torch.device("cpu")
     model = serving.Segmenter(load_trained(cfg, Path(cfg.files.model), cpu), InputSpec.of(cfg, cpu))
     first = read_split(cfg.prepared_dir, cfg.data.val_split)[0][0]
-    tracker.log_model(model, serving.input_example(read_any_image(first)),
-                      serving.registered_name(cfg))
+    tracker.log_model(model, serving.input_example(read_any_image(first)), serving.model_name(cfg),
+                      serving.model_tags(cfg, doc), serving.registered_name(cfg))
 
 
 def score(cfg: CellConfig, chosen: list[Protocol], device: torch.device, predictions_dir: str | None,
@@ -181,9 +184,12 @@ def log_reference_curve(tracker: Tracker, rows: list[dict[str, str]]) -> None:
         tracker.log_metrics(reference.row_metrics(row), int(row["iteration"]))
 
 
-def log_to_mlflow(tracker: Tracker, doc: dict[str, Any], pictures: list[Path]) -> None:
+def log_to_mlflow(tracker: Tracker, dataset: str, doc: dict[str, Any], pictures: list[Path]) -> None:
+    """The headline numbers under their own names, each class's IoU as ``iou/<dataset>/<class>`` (one chart
+    never holds two label spaces' classes: VOC's car is not Cityscapes'), and the pictures."""
     metrics = {k: doc[k] for k in ("mIoU", "aAcc", "mAcc")}
-    metrics.update({f"iou/{metric_key(name)}": v for name, v in doc["per_class_iou"].items() if v is not None})
+    metrics.update({f"iou/{dataset}/{metric_key(name)}": v for name, v in doc["per_class_iou"].items()
+                    if v is not None})
     for name, extra in doc["extra"].items():
         metrics[f"mIoU_{metric_key(name)}"] = extra["mIoU"]
     tracker.log_metrics(metrics)
@@ -215,6 +221,8 @@ def run_reference_evaluation(cfg: CellConfig, device: torch.device, source: str 
     tracker = tracker_for(cfg, files=files)
     tracker.start(f"reference {cfg.cell.id}", params={"checkpoint": checkpoint.name},
                   tags={**run_tags(cfg), "kind": "reference_evaluation"})
+    tracker.monitor_system(cfg.train.system_metrics_every_s)
+    log_split(tracker, cfg, cfg.data.val_split, "evaluation")
     try:
         scored, results, meta = score_split(cfg, model, spec, device, [SINGLE_SCALE, multi_scale(cfg.evaluate)])
         pictures = draw_pictures(files, f"reference weights, {cfg.cell.id} ({cfg.preset.name})",
@@ -227,7 +235,7 @@ def run_reference_evaluation(cfg: CellConfig, device: torch.device, source: str 
     doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
     doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
     doc["batchnorm_images"] = cfg.reference_batchnorm_images  # the reference's own training, not a run of ours
-    log_to_mlflow(tracker, doc, pictures)
+    log_to_mlflow(tracker, cfg.cell.dataset, doc, pictures)
     log_reference_curve(tracker, log_rows)
     atomic.write_json(files.metrics, doc)
     tracker.log_artifact(files.metrics)

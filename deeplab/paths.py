@@ -180,6 +180,10 @@ class Paths:
         """The results tables in markdown."""
         return f"{self.results_dir}/table.md"
 
+    def table_html(self) -> str:
+        """table.md rendered as HTML (what the Snakemake report's home page shows)."""
+        return f"{self.results_dir}/table.html"
+
     def summary(self) -> str:
         """One CSV row per cell: mIoU, aAcc, mAcc, reference, difference, seeds, GPU-hours."""
         return f"{self.results_dir}/summary.csv"

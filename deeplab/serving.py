@@ -1,5 +1,11 @@
-"""A trained cell as an MLflow model: what ``mlflow.pytorch.load_model("runs:/<id>/model")`` and
-``mlflow models predict`` give back.
+"""A trained cell as an MLflow model: what ``mlflow.pytorch.load_model("runs:/<id>/<name>")``,
+``models:/<name>/<version>`` and ``mlflow models predict`` give back.
+
+Each run's model is named after the run and its preset's experiment (:func:`model_name`), so the
+experiment's Models tab tells the runs apart: ``deeplabv3plus-voc-r50-os8`` in the full preset,
+``deeplabv3plus-smoke-voc-r50-os8`` in the demo's, ``...-seed1`` for a further seed. In the registry a cell
+is one model (:func:`registered_name`), each of its seeds a version, and the alias ``best`` names the
+version of the seed that scored the highest mIoU: ``models:/deeplabv3plus-voc-r50-os8@best``.
 
 :class:`Segmenter` wraps the network with its input handling, so the logged model takes plain pictures:
 float32 (N, 3, H, W) RGB values in 0..255 (one size per batch) and returns int64 (N, H, W) class indices at
@@ -19,7 +25,6 @@ from torch import nn
 from deeplab.config import CellConfig
 from deeplab.evaluate import SINGLE_SCALE, InputSpec, predict
 
-MODEL_NAME = "model"         # the logged model's name: runs:/<run id>/model
 EXAMPLE_SIDE = 64            # the input example's longer side (the example is stored as JSON)
 
 
@@ -56,9 +61,26 @@ def input_example(image: torch.Tensor) -> np.ndarray:
     return small.round().clamp(0, 255).numpy().astype(np.float32)
 
 
+def model_name(cfg: CellConfig) -> str:
+    """The run's logged model: ``<experiment>-<cell>``, ``-seed<k>`` added for a further seed."""
+    return f"{cfg.preset.experiment}-{cfg.run_key.replace('/', '-')}"
+
+
+BEST = "best"  # the alias of a cell's registered model that names its best seed's version
+
+
 def registered_name(cfg: CellConfig) -> str | None:
-    """The full preset's models go to the registry as ``deeplabv3plus-<cell>``; other presets' do not."""
-    return f"deeplabv3plus-{cfg.cell.id}" if cfg.preset.register_models else None
+    """The registered model the run's model becomes a version of: the cell's, ``<experiment>-<cell>`` (its
+    seeds are versions of it); None where the preset registers nothing."""
+    return f"{cfg.preset.experiment}-{cfg.cell.id}" if cfg.preset.register_models else None
+
+
+def model_tags(cfg: CellConfig, doc: dict[str, Any]) -> dict[str, str]:
+    """What tells one model from another in the Models tab and the registry: the cell and its recipe's
+    table coordinates, the seed, and the single-scale mIoU it scored (metrics.json ``doc``)."""
+    return {"cell": cfg.cell.id, "dataset": cfg.cell.dataset, "backbone": cfg.cell.backbone,
+            "output_stride": str(cfg.cell.output_stride), "seed": str(cfg.train.seed), "preset": cfg.preset.name,
+            "mIoU": f"{doc['mIoU']:.4f}"}
 
 
 def requirements() -> list[str]:

@@ -6,6 +6,7 @@ the GPU-hours from its training log); the markdown tables are that frame rendere
 Crop Size, Schedule, Train/Eval Set, mIoU, Download) plus the reference mIoU and the difference. The same
 frame is written as ``summary.csv`` (one row per cell) and its per-class IoU as ``per_class_iou.csv``
 (one row per run and class). A cell without metrics shows "-" in markdown and empty fields in the CSVs.
+``table.html`` is the markdown rendered (markdown-it-py) for pages that show HTML, the Snakemake report's.
 
 Every column of a row comes from its run's own ``metrics.json`` (the resolved config it was scored under,
 its two records and their digests), not from today's params (which only fill the rows of cells not yet
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from deeplab.config import DATASETS, CellConfig, Params
 from deeplab.environment import summary
@@ -212,6 +214,18 @@ def render(params: Params, preset: str, metrics: Metrics, link_base: str, root: 
         note += footnotes([(cell, run) for cell in rows["cell"] for run in metrics.get(cell, [])])
         sections.append(f"#### {params.dataset(dataset, preset).title}\n\n{where}{table}{note}")
     return "\n\n".join(sections) + "\n"
+
+
+HTML_STYLE = (".results-table table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+              ".results-table th,.results-table td{border:1px solid #bbb;padding:0.25em 0.6em}"
+              ".results-table th{background:#eee}")
+
+
+def to_html(markdown: str, note: str) -> str:
+    """The tables' ``markdown`` (no raw HTML in it: it is escaped) as one HTML fragment, headed by the
+    comment ``note``: tables, headings and links, styled under its own class only."""
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return f"<!-- {note} -->\n<div class=\"results-table\">\n<style>{HTML_STYLE}</style>\n{body}</div>\n"
 
 
 def footnotes(runs: list[tuple[str, Finished]]) -> str:

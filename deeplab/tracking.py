@@ -22,13 +22,23 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from deeplab import atomic
+from deeplab.config import CellConfig
 from deeplab.config import flatten as config_flatten
+from deeplab.data.cityscapes_login import package_url
+from deeplab.data.sources import ARCHIVES, CITYSCAPES_SERVER, ArchiveSpec
+from deeplab.datasets import manifest_hash, read_split
 from deeplab.paths import CellFiles
-# MLflow 3's UI files experiments without this tag under "GenAI / Evaluation runs"; these train models.
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
-# Seconds between system-metric samples (CPU, memory, disk, network; GPU utilisation and memory where pynvml
-# sees a GPU); MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it.
-SYSTEM_METRICS_INTERVAL_S = 10
+# The runs view that README's link opens (`...?viewStateShareKey=results`): MLflow's UI reads a shared view
+# from the experiment tag `mlflow.sharedViewState.<key>` (JSON; columns are "<kind>.`<name>`").
+VIEW_KEY = "results"
+SHARED_VIEW = {"searchFilter": "", "orderByKey": "metrics.`mIoU`", "orderByAsc": False,
+               "selectedColumns": ["metrics.`mIoU`", "metrics.`aAcc`", "metrics.`mAcc`", "attributes.`Dataset`",
+                                   "attributes.`Models`"]}
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",  # else MLflow 3 files them under "GenAI / Evaluation runs"
+    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(SHARED_VIEW)}
+# The most characters MLflow's stores take as a dataset digest: a longer digest is cut to this prefix.
+DATASET_DIGEST_CHARS = 36
 # An unreachable HTTP server blocks ~245 s with MLflow's default retries: fail fast instead.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
@@ -65,11 +75,18 @@ def init_store(uri: str, experiment: str, project_root: str | Path) -> str:
     client = _mlflow().MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is not None:
-        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
-            client.set_experiment_tag(found.experiment_id, *EXPERIMENT_KIND)
+        for key, value in EXPERIMENT_TAGS.items():
+            if found.tags.get(key) != value:
+                client.set_experiment_tag(found.experiment_id, key, value)
         return found.experiment_id
     return client.create_experiment(experiment, artifact_location=artifact_root(uri, project_root),
-                                    tags=dict([EXPERIMENT_KIND]))
+                                    tags=EXPERIMENT_TAGS)
+
+
+def ui_link(ui_root: str, experiment_id: str) -> str:
+    """The MLflow UI page of ``experiment_id`` in the model-training view with the saved results view."""
+    return (f"{ui_root.rstrip('/')}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
 
 
 def try_init_store(uri: str, experiment: str, project_root: str | Path) -> tuple[str | None, str | None]:
@@ -185,8 +202,26 @@ class Tracker:
         if self.run_id is not None:
             self.client.log_artifact(self.run_id, path, folder)
 
-    def monitor_system(self, interval_s: float = SYSTEM_METRICS_INTERVAL_S) -> None:
-        """Queued: log MLflow's system metrics (``system/...``) every ``interval_s`` until :meth:`end`."""
+    def log_dataset(self, name: str, digest: str, source: Mapping[str, Any], profile: Mapping[str, Any],
+                    context: str) -> None:
+        """Queued: a dataset input of the run (MLflow's Dataset column and the run page's Datasets): its
+        ``name``, ``digest`` (cut to the store's DATASET_DIGEST_CHARS), where it came from (``source``) and
+        its ``profile`` (shown as is), used for ``context`` ("training", "evaluation")."""
+        self._submit(f"log dataset {name}", self._log_dataset, name, digest, dict(source), dict(profile), context)
+
+    def _log_dataset(self, name: str, digest: str, source: dict[str, Any], profile: dict[str, Any],
+                     context: str) -> None:
+        if self.run_id is None:
+            return
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+        dataset = Dataset(name=name, digest=digest[:DATASET_DIGEST_CHARS], source_type="archives",
+                          source=json.dumps(source), profile=json.dumps(profile))
+        self.client.log_inputs(self.run_id, [DatasetInput(dataset, [InputTag(MLFLOW_DATASET_CONTEXT, context)])])
+
+    def monitor_system(self, interval_s: float) -> None:
+        """Queued: log MLflow's system metrics (``system/...``) every ``interval_s`` until :meth:`end`
+        (MLflow's MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL overrides it)."""
         self._submit("start logging system metrics", self._monitor_system, interval_s)
 
     def _monitor_system(self, interval_s: float) -> None:
@@ -197,12 +232,15 @@ class Tracker:
                                              tracking_uri=self.uri)  # resumed jobs go on at the next step
         self._monitor.start()
 
-    def log_model(self, model: Any, example: Any, registered_name: str | None = None) -> None:
-        """Queued: ``model`` (a deeplab.serving.Segmenter) as the run's MLflow PyTorch model, with its
-        signature and ``example``, registered under ``registered_name`` when given."""
-        self._submit("log the model", self._log_model, model, example, registered_name)
+    def log_model(self, model: Any, example: Any, name: str, tags: Mapping[str, str],
+                  registered_name: str | None = None) -> None:
+        """Queued: ``model`` (a deeplab.serving.Segmenter) as the run's MLflow PyTorch model ``name``, with
+        its signature, ``example`` and ``tags``; registered as a version of ``registered_name`` (with the
+        same tags) when given, whose alias ``best`` then names the version with the highest mIoU."""
+        self._submit("log the model", self._log_model, model, example, name, dict(tags), registered_name)
 
-    def _log_model(self, model: Any, example: Any, registered_name: str | None) -> None:
+    def _log_model(self, model: Any, example: Any, name: str, tags: dict[str, str],
+                   registered_name: str | None) -> None:
         if self.run_id is None:
             return
         mlflow = _mlflow()
@@ -212,10 +250,16 @@ class Tracker:
         from deeplab import serving
         mlflow.set_tracking_uri(self.uri)  # the logged model is created through the fluent API's store...
         mlflow.set_experiment(experiment_id=self.client.get_run(self.run_id).info.experiment_id)  # ...and experiment
-        mlflow.pytorch.log_model(model, name=serving.MODEL_NAME, run_id=self.run_id, signature=serving.signature(),
-                                 input_example=example, registered_model_name=registered_name,
-                                 serialization_format="pickle", pip_requirements=serving.requirements(),
-                                 code_paths=[str(Path(deeplab.__file__).parent)])
+        info = mlflow.pytorch.log_model(model, name=name, run_id=self.run_id, signature=serving.signature(),
+                                        input_example=example, registered_model_name=registered_name, tags=tags,
+                                        serialization_format="pickle", pip_requirements=serving.requirements(),
+                                        code_paths=[str(Path(deeplab.__file__).parent)])
+        if registered_name and info.registered_model_version is not None:
+            for key, value in tags.items():
+                self.client.set_model_version_tag(registered_name, str(info.registered_model_version), key, value)
+            versions = self.client.search_model_versions(f"name='{registered_name}'")
+            best = max(versions, key=lambda v: float(v.tags.get("mIoU", "-inf")))  # the cell's best seed so far
+            self.client.set_registered_model_alias(registered_name, serving.BEST, str(best.version))
 
     def end(self, status: str = "FINISHED") -> None:
         """Mark the run ``FINISHED`` / ``FAILED`` / ``KILLED`` after everything queued, and wait for it."""
@@ -253,3 +297,33 @@ def _retry_locked(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def metric_key(name: str) -> str:
     """A class name as an MLflow metric key (letters, digits and ``_-. /`` only)."""
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
+
+
+# ------------------------------------------------------------------------------------- dataset inputs
+def log_split(tracker: Tracker, cfg: CellConfig, split: str, context: str) -> None:
+    """The prepared ``split`` the run trains (``context`` "training") or is scored on ("evaluation") as an
+    MLflow dataset input: named ``<dataset>/<split>``, the split's manifest hash as digest (the run's
+    ``data_hash`` tag for the training split), the downloaded archives as source, and the number of images."""
+    tracker.log_dataset(f"{cfg.cell.dataset}/{split}", manifest_hash(cfg.prepared_dir, split),
+                        archives_source(cfg), {"images": len(read_split(cfg.prepared_dir, split)),
+                                               "manifest_sha256": manifest_hash(cfg.prepared_dir, split),
+                                               "prepared": cfg.prepared_dir}, context)
+
+
+def official_url(spec: ArchiveSpec) -> str:
+    """Where the catalogue fetches ``spec`` first: its first URL, or its Cityscapes login package's."""
+    return spec.urls[0] if spec.urls else package_url(CITYSCAPES_SERVER, spec.cityscapes_package)
+
+
+def archives_source(cfg: CellConfig) -> dict[str, object]:
+    """Where the cell's dataset came from: each archive of its download manifest with its sha256 and
+    where it was fetched (the catalogue's first URL for "catalogue"; a mirror, or "synthetic (seed 0)" for
+    the smoke preset's), or the catalogue alone when the manifest is gone."""
+    path = Path(cfg.preset.paths.dataset_manifest(cfg.cell.dataset))
+    urls = {spec.filename: official_url(spec) for spec in ARCHIVES[cfg.cell.dataset]}
+    if not path.is_file():
+        return {"archives": [{"file": name, "url": url} for name, url in urls.items()]}
+    entries = json.loads(path.read_text()).get("files", {})
+    return {"archives": [{"file": name, "sha256": entry.get("sha256"),
+                          "url": urls.get(name) if entry.get("source") == "catalogue" else entry.get("source")}
+                         for name, entry in entries.items()]}

@@ -25,7 +25,7 @@ from deeplab.datasets import DatasetError, read_split
 from deeplab.environment import describe, freeze
 from deeplab.jobs import LOCK, reference_rows, run_tags, tracker_for
 from deeplab.schedule import poly_lr
-from deeplab.tracking import Tracker
+from deeplab.tracking import Tracker, log_split
 from deeplab.train import Interrupted, cell_lock, train
 from deeplab.validation import validator
 
@@ -120,7 +120,8 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
     tracker = tracker_for(cfg, enabled=ctx.is_main)
     tracker.start(cfg.run_name, params=cfg.to_dict(),
                   tags={**run_tags(cfg), **{f"env.{k}": str(env.get(k)) for k in ENV_TAGS}})
-    tracker.monitor_system()
+    tracker.monitor_system(cfg.train.system_metrics_every_s)
+    log_split(tracker, cfg, cfg.data.train_split, "training")
     yardstick = Yardstick(cfg, max_iters, tracker, enabled=ctx.is_main)
 
     def on_metrics(metrics: dict[str, float], iteration: int) -> None:

@@ -290,7 +290,8 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
         "evaluate_cell": lambda: {files.model, paths.prepared_dir(item["dataset"]), files.metrics, files.scores,
                                   files.class_iou},
         "make_table": lambda: {run.files.metrics for run in params.runs(preset)}
-        | {paths.table(), paths.summary(), paths.per_class_iou()} | set(seeds_summaries(params, preset)),
+        | {paths.table(), paths.table_html(), paths.summary(), paths.per_class_iou()}
+        | set(seeds_summaries(params, preset)),
         "reference_eval": lambda: {paths.prepared_dir(item["dataset"]), paths.reference_run(item["cell"]).metrics,
                                    paths.reference_run(item["cell"]).reference_log},
         "reference_table": lambda: {paths.reference_run(cell).metrics for cell in params.cells}

@@ -6,7 +6,8 @@ DVC's default page loads Vega, Vega-Lite and Vega-Embed from a CDN, so without a
 This writes a template with those libraries inlined, taken from the installed vl-convert-python (which
 bundles them), to the file ``.dvc/config`` names (``[plots] html_template``); ``make`` runs it after
 installing. The file is generated, never committed: it is some 900 kB of third-party JavaScript.
-``--check`` writes nothing and exits 1 when the file is missing or differs.
+The page starts with a line saying that a preset which has not run has no plots (DVC's own warning for
+them, "failed to load some plots", names no file). ``--check`` writes nothing and exits 1 when the file is missing or differs.
 """
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ PAGE = """<!DOCTYPE html>
     <style>body { font-family: sans-serif; } table { border-spacing: 15px; }</style>
 </head>
 <body>
+    <p>Each run's plots (training loss, val IoU per class) appear here once the run has trained. A preset
+    that has not run yet (the full one, before its GPU jobs) has no plot files: DVC leaves its plots out and
+    says "DVC failed to load some plots" for the workspace. <code>dvc plots show smoke/dvc.yaml</code>
+    shows the demo's plots alone.</p>
     {plot_divs}
 </body>
 </html>

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from deeplab import serving
 from deeplab.config import load_params
+from deeplab.datasets import manifest_hash
 from tests.dag_fixtures import ROOT, copy_checkout, run_tool
 
 DAG_TIMEOUT_S = 1500  # one whole DAG; the per-test limit below covers the module fixture that runs it
@@ -56,10 +58,34 @@ def _check_outcome(checkout: Path, uri: str, learned: bool = True) -> None:
     experiment = client.get_experiment_by_name(load_params(checkout / "params").preset("smoke").experiment)
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(run.info.run_name for run in runs) == sorted(r.run_name for r in RUNS) and len(runs) == 13
+    by_name = {run.run_name: run for run in RUNS}
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
         assert {"mIoU", "aAcc", "mAcc"} <= set(run.data.metrics), run.info.run_name
         assert run.data.tags.get("preset") == "smoke"
+        cfg = by_name[run.info.run_name]
+        # the runs table's Dataset column: the splits it was trained and scored on, by manifest hash
+        prepared = checkout / cfg.prepared_dir
+        assert {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs} == {
+            f"{cfg.cell.dataset}/{split}": manifest_hash(prepared, split)[:36]
+            for split in (cfg.data.train_split, cfg.data.val_split)}, run.info.run_name
+        # one chart per label space: a class's IoU is keyed by its dataset
+        classes = [key for key in run.data.metrics if key.startswith("iou/")]
+        assert classes and all(key.startswith(f"iou/{cfg.cell.dataset}/") for key in classes), run.info.run_name
+    # the Models tab and the registry: a model per run, named after it; the demo registers its own names
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    run_names = {run.info.run_id: run.info.run_name for run in runs}
+    assert sorted(m.name for m in models) == sorted(serving.model_name(cfg) for cfg in RUNS)
+    assert all(serving.model_name(by_name[run_names[m.source_run_id]]) == m.name for m in models)
+    registered = {m.name for m in client.search_registered_models()}
+    assert registered == {serving.registered_name(cfg) for cfg in RUNS} and len(registered) == 12  # a model per cell
+    versions = [v for name in registered for v in client.search_model_versions(f"name='{name}'")]
+    assert len(versions) == 13 and all(v.tags["preset"] == "smoke" and float(v.tags["mIoU"]) > 0 for v in versions)
+    for name in registered:  # the alias names the best seed's version
+        mine = [v for v in versions if v.name == name]
+        best = client.get_model_version_by_alias(name, serving.BEST)
+        assert best.version == max(mine, key=lambda v: float(v.tags["mIoU"])).version, name
+    assert len([v for v in versions if v.name.endswith("voc-r50-os16")]) == 2  # its two seeds
     paths = load_params(checkout / "params").preset("smoke").paths
     table = (checkout / paths.table()).read_text()
     measured = re.findall(r"\|\s*(\d+\.\d\d)(?: ± \d+\.\d\d)?%(?: \(n=2\))?\s*\|\s*\d+\.\d\d%\s*\|"
@@ -109,6 +135,20 @@ def test_snakemake_runs_the_smoke_dag(snakemake_run: tuple[Path, str]) -> None:
     assert "pipeline.doctor: nothing blocks preset smoke" in output, output[-3000:]  # onstart ran it first
 
 
+def test_readme_loads_a_demo_model_from_the_registry(snakemake_run: tuple[Path, str]) -> None:
+    """README's Python lines, run against the demo's store: the demo's registered name loads and predicts."""
+    checkout, uri = snakemake_run
+    block = next(b for b in re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+                 if "models:/deeplabv3plus-smoke-" in b)
+    lines = [line for line in block.splitlines()  # not the lines that need a run id or the full preset
+             if "<run id>" not in line and not ("models:/" in line and "models:/deeplabv3plus-smoke-" not in line)]
+    code = "\n".join(lines).replace('"sqlite:///mlflow.db"', repr(uri)) + "\nprint(classes.shape, classes.dtype)"
+    result = run_tool(["python", "-c", code], checkout, timeout=300)
+    shape = re.search(r"\((\d+), (\d+), (\d+)\) int64", result.stdout)
+    images = re.search(r"np\.zeros\(\((\d+), 3, (\d+), (\d+)\)", block)
+    assert shape and images and shape.groups() == images.groups(), (result.stdout, result.stderr)
+
+
 def test_the_snakemake_report_is_one_self_contained_page(snakemake_run: tuple[Path, str]) -> None:
     checkout, uri = snakemake_run
     run_tool(["snakemake", "--report", "report.html", "--config", "preset=smoke"], checkout, timeout=600,
@@ -117,12 +157,56 @@ def test_the_snakemake_report_is_one_self_contained_page(snakemake_run: tuple[Pa
     assert not re.search(r"<(script|link)[^>]+(src|href)=[\"']https?://", page)  # nothing loaded from outside
     for expected in ("voc-r50-os16/seed1", "cityscapes-r101-os16", "per-class IoU", "learning curves", "table.md"):
         assert expected in page, expected
+    # the home page: what the workflow did, then the results table and summary.csv as HTML tables
+    home = json.loads(re.search(r"var workflow_desc = (.*);\n", page)[1])
+    assert "preset <tt class=\"docutils literal\">smoke</tt>" in home or "preset <code>smoke</code>" in home, home[:500]
+    tables = html_tables(home)
+    paths = PARAMS.preset("smoke").paths
+    markdown = (checkout / paths.table()).read_text()
+    measured = re.findall(r"\|\s*(\d+\.\d\d(?: ± \d+\.\d\d)?%(?: \(n=2\))?)\s*\|\s*\d+\.\d\d%\s*\|", markdown)
+    shown = [cell for table in tables for row in table for cell in row]
+    assert len(measured) == 12 and all(value in shown for value in measured), (measured, tables)
+    with (checkout / paths.summary()).open() as f:
+        summary = list(csv.reader(f))
+    assert summary in tables, tables  # every row and field of summary.csv, as one table
+
+
+def html_tables(page: str) -> list[list[list[str]]]:
+    """Each ``<table>`` of ``page`` as its rows of cell texts (header rows included)."""
+    from html.parser import HTMLParser
+
+    class Tables(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tables: list[list[list[str]]] = []
+            self.cell: list[str] | None = None
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            if tag == "table":
+                self.tables.append([])
+            elif tag == "tr" and self.tables:
+                self.tables[-1].append([])
+            elif tag in ("td", "th"):
+                self.cell = []
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag in ("td", "th") and self.cell is not None:
+                self.tables[-1][-1].append(" ".join("".join(self.cell).split()))
+                self.cell = None
+
+        def handle_data(self, data: str) -> None:
+            if self.cell is not None:
+                self.cell.append(data)
+
+    parser = Tables()
+    parser.feed(page)
+    return parser.tables
 
 
 def test_snakemake_results_can_be_adopted_by_dvc(snakemake_run: tuple[Path, str]) -> None:
     """README's recipe: `dvc commit -f` records Snakemake's outputs; DVC then has nothing to rerun, and
-    a VOC training setting marks only the VOC training stages (and the table, which shows the recipe) as
-    changed; evaluation does not read it (their inputs change only once the cells are retrained)."""
+    a VOC training setting marks only the VOC runs' stages (and the table) as changed: their training, and
+    their evaluation, whose record holds the training record (deeplab.config.RECORDS)."""
     checkout, uri = snakemake_run
     run_tool(["dvc", "commit", "-f", "smoke/dvc.yaml"], checkout, timeout=300, MLFLOW_TRACKING_URI=uri)
     status = run_tool(["dvc", "status", "smoke/dvc.yaml"], checkout, timeout=300).stdout
@@ -132,7 +216,8 @@ def test_snakemake_results_can_be_adopted_by_dvc(snakemake_run: tuple[Path, str]
     status = run_tool(["dvc", "status", "smoke/dvc.yaml", "--json"], checkout, timeout=300).stdout
     changed = {name.split(":")[-1] for name in json.loads(status)}
     voc_runs = {run.run_key.replace("/", "-") for run in RUNS if run.cell.dataset == "voc"}  # seed1 too
-    assert changed == {f"train_cell@{run}" for run in voc_runs} | {"make_table"}, changed
+    assert changed == {f"{stage}@{run}" for run in voc_runs for stage in ("train_cell", "evaluate_cell")} \
+        | {"make_table"}, changed
 
 
 def test_dvc_runs_the_smoke_dag(dvc_run: tuple[Path, str]) -> None:
@@ -159,6 +244,10 @@ def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_p
     page = (tmp_path / "plots" / "index.html").read_text()
     assert not re.search(r"<script[^>]+src=", page) and "window.vegaEmbed" in page  # renders offline
     assert "cityscapes-r101-os16 seed 0, val IoU per class" in page
+    assert "has not run yet" in page and "dvc plots show smoke/dvc.yaml" in page  # DVC's own warning names no file
+    shown = run_tool(["dvc", "plots", "show", "smoke/dvc.yaml", "-o", str(tmp_path / "demo")], checkout, timeout=300)
+    assert "failed to load" not in shown.stdout + shown.stderr  # README's command for the demo's plots alone
+    assert "cityscapes-r101-os16 seed 0, val IoU per class" in (tmp_path / "demo" / "index.html").read_text()
     # a reference mIoU is read only by the table stage: the experiment reruns just that stage
     run_tool(["dvc", "exp", "run", "smoke/dvc.yaml", "-S", "params/cells.yaml:cells.voc-r50-os8.reference_miou=70.0"],
              checkout, timeout=600, MLFLOW_TRACKING_URI=uri)

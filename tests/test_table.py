@@ -89,7 +89,7 @@ def test_stage_writes_table_and_readme_block_for_full_only(tmp_path: Path, param
     params = load_params(params_dir)
     files = stage.expected_files(params, "full", root=tmp_path)
     results = tmp_path / "results"
-    assert set(files) == {results / "table.md", results / "summary.csv", results / "per_class_iou.csv",
+    assert set(files) == {results / "table.md", results / "table.html", results / "summary.csv", results / "per_class_iou.csv",
                           tmp_path / "README.md"}
     readme = files[tmp_path / "README.md"]
     assert readme.startswith("# title\n\n" + BEGIN + "\n#### PASCAL VOC") and f"{END}\n\nafter\n" in readme

@@ -82,8 +82,8 @@ def shrink_params(params_dir: Path, *, crop: int = 32, batch: int = 2, epochs: i
         "datasets": {name: dict(small) for name in ("voc", "ade20k", "cityscapes")},
         "model": {"pretrained": "none", "backbone_width": 16, "aspp_channels": 16, "decoder_channels": 16, "aux_channels": 16,
                   "low_level_channels": 8, **(model or {})},
-        "train": {"checkpoint_every": 2, "log_every": 1, "workers": 0, "deterministic": True,
-                  "precision": "fp32", **(train or {})}}
+        "train": {"checkpoint_every": 2, "log_every": 1, "workers": 0, "deterministic": True, "precision": "fp32",
+                  "system_metrics_every_s": smoke["overrides"]["train"]["system_metrics_every_s"], **(train or {})}}
     if evaluate:
         smoke["overrides"]["evaluate"] = dict(evaluate)
     (params_dir / "presets.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
