@@ -483,10 +483,9 @@ def load_params(params_dir: str | Path = "params") -> Params:
 def record(doc: Mapping[str, Any], which: str) -> dict[str, Any]:
     """The training or evaluation record (``which``) of a resolved config ``doc`` (CellConfig.to_dict, or a
     run's config.yaml): per section, the fields RECORDS gives to that record."""
-    wanted = {TRAINING} if which == TRAINING else {TRAINING, EVALUATION}
     result = {}
     for section, fields in RECORDS.items():
-        kept = {k: v for k, v in doc.get(section, {}).items() if fields.get(k) in wanted}
+        kept = {k: v for k, v in doc.get(section, {}).items() if k in fields and which in record_of(section, k)}
         if kept:
             result[section] = kept
     return result
@@ -513,7 +512,9 @@ def record_changes(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             section, _, name = key.partition(".")
-            which = "training" if RECORDS.get(section, {}).get(name.split(".")[0]) == TRAINING else "evaluation"
+            field = name.split(".")[0]
+            which = TRAINING if field in RECORDS.get(section, {}) and TRAINING in record_of(section, field) \
+                else EVALUATION
             lines.append(f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')} ({which} record)")
     return lines
 

@@ -122,6 +122,7 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
                      run_id: str | None, precision: str) -> dict[str, Any]:
     """metrics.json: the single-scale numbers (the table's), the extra protocols, and provenance."""
     main = results[SINGLE_SCALE.name]
+    records = cfg.records()
     fit = (f", keep-ratio resized to fit {list(cfg.data.eval_scale)}" if cfg.data.eval_scale else ", native size")
     return {"cell": cfg.cell.id, "seed": cfg.train.seed, "preset": cfg.preset.name, "split": cfg.data.val_split,
             "protocol": f"single-scale whole image{fit}, {precision}", "precision": precision,
@@ -131,9 +132,9 @@ def metrics_document(cfg: CellConfig, results: dict[str, dict[str, Any]], images
             "per_class_iou": main["per_class_iou"], "per_class_acc": main["per_class_acc"],
             "images": images, "seconds": round(seconds, 2),
             "extra": {name: values for name, values in results.items() if name != SINGLE_SCALE.name},
-            "config": cfg.to_dict(), "records": {"training": cfg.record(TRAINING), "evaluation": cfg.record(EVALUATION)},
+            "config": cfg.to_dict(), "records": {key: records[key] for key in (TRAINING, EVALUATION)},
             "provenance": {**git_state(Path.cwd()), "data_manifest": manifest_hash(cfg.prepared_dir, cfg.data.val_split),
-                           "training_digest": cfg.training_digest(), "evaluation_digest": cfg.evaluation_digest(),
+                           **{key: records[key] for key in ("training_digest", "evaluation_digest")},
                            "mlflow_run_id": run_id}}
 
 

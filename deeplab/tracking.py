@@ -304,10 +304,10 @@ def log_split(tracker: Tracker, cfg: CellConfig, split: str, context: str) -> No
     """The prepared ``split`` the run trains (``context`` "training") or is scored on ("evaluation") as an
     MLflow dataset input: named ``<dataset>/<split>``, the split's manifest hash as digest (the run's
     ``data_hash`` tag for the training split), the downloaded archives as source, and the number of images."""
-    tracker.log_dataset(f"{cfg.cell.dataset}/{split}", manifest_hash(cfg.prepared_dir, split),
-                        archives_source(cfg), {"images": len(read_split(cfg.prepared_dir, split)),
-                                               "manifest_sha256": manifest_hash(cfg.prepared_dir, split),
-                                               "prepared": cfg.prepared_dir}, context)
+    identity = manifest_hash(cfg.prepared_dir, split)
+    tracker.log_dataset(f"{cfg.cell.dataset}/{split}", identity, archives_source(cfg),
+                        {"images": len(read_split(cfg.prepared_dir, split)), "manifest_sha256": identity,
+                         "prepared": cfg.prepared_dir}, context)
 
 
 def official_url(spec: ArchiveSpec) -> str:

@@ -32,7 +32,7 @@ from typing import Any
 
 import yaml
 
-from deeplab.config import EVALUATION, RECORDS, TRAINING, Params, load_params
+from deeplab.config import EVALUATION, RECORDS, TRAINING, Params, load_params, record_of
 from deeplab.errors import PipelineError
 from pipeline import stage
 
@@ -149,19 +149,18 @@ def record_params(params: Params, preset: str, which: str) -> dict[str, list[str
     """A run's ``which`` record (deeplab.config.RECORDS) as DVC params: file -> keys, templated by the run's
     cell and dataset, plus each key of that record which ``preset`` overrides (presets.yaml). A dataset
     override must cover the same record keys for every dataset: one foreach body lists them for all runs."""
-    wanted = {TRAINING} if which == TRAINING else {TRAINING, EVALUATION}
     keys: dict[str, list[str]] = {}
     for section, (file, prefix) in SECTION_FILES.items():
-        listed = [f"{prefix}.{key}" for key, kind in RECORDS[section].items() if kind in wanted and key != "id"]
+        listed = [f"{prefix}.{key}" for key in RECORDS[section] if which in record_of(section, key) and key != "id"]
         if listed:
             keys[file] = listed
     overrides = params.preset(preset).overrides
     chosen: list[str] = []
     for section in ("model", "train", "evaluate"):
         chosen += [f"presets.${{preset}}.overrides.{section}.{key}" for key in overrides.get(section, {})
-                   if RECORDS[section][key] in wanted]
+                   if which in record_of(section, key)]
     per_dataset = {name: tuple(key for key in overrides.get("datasets", {}).get(name, {})
-                               if RECORDS["data"][key] in wanted) for name in params.datasets}
+                               if which in record_of("data", key)) for name in params.datasets}
     if len(set(per_dataset.values())) > 1:
         raise PipelineMismatch(f"params/presets.yaml: presets.{preset}.overrides.datasets: the DVC pipeline lists "
                                "one set of overridden keys for every dataset, and these differ ("

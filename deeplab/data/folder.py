@@ -177,22 +177,23 @@ def read_splits(folder: Path, stems: list[str], spec: FolderSpec) -> tuple[dict[
     return splits, False
 
 
-def read_image(path: Path) -> tuple[Image.Image, str | None]:
-    """The image as a viewer shows it (EXIF orientation applied), as 8-bit RGB; and what was converted
-    (None: it was 8-bit RGB already)."""
+def read_image(path: Path) -> tuple[Image.Image, str | None, bool]:
+    """The image as a viewer shows it (EXIF orientation applied), as 8-bit RGB; what was converted (None: it
+    was 8-bit RGB already); and whether its EXIF orientation turned it."""
     with Image.open(path) as opened:
+        rotated = opened.getexif().get(0x0112, 1) not in (1, None)
         image = ImageOps.exif_transpose(opened)
         mode = image.mode
         if mode == "RGB":
-            return image.copy(), None
+            return image.copy(), None, rotated
         if mode in ("I;16", "I;16B", "I;16L", "I"):
             pixels = np.asarray(image, dtype=np.uint32)
             scale = 257 if pixels.max() > 255 else 1  # 16-bit values to 8 bits
             grey = (pixels // scale).clip(0, 255).astype(np.uint8)
-            return Image.fromarray(grey).convert("RGB"), "16-bit"
+            return Image.fromarray(grey).convert("RGB"), "16-bit", rotated
         kind = {"L": "grayscale", "LA": "grayscale with alpha", "RGBA": "alpha", "P": "palette", "PA": "palette",
                 "1": "1-bit", "CMYK": "CMYK"}.get(mode, mode)
-        return image.convert("RGB"), kind
+        return image.convert("RGB"), kind, rotated
 
 
 def label_classes(path: Path, classes: Classes, spec: FolderSpec) -> tuple[np.ndarray | None, str | None]:
@@ -254,11 +255,12 @@ class Checked:
     sha256: str = ""           # of the image's and the label's bytes: which pixels were prepared
 
 
-def check_pair(job: tuple[Pair, Classes, FolderSpec, Path | None]) -> Checked:
-    """Read and check one pair; with a build folder, write its prepared image and label there."""
+def check_pair(job: tuple[Pair, Classes, FolderSpec, Path]) -> Checked:
+    """Read and check one pair and, when it is fine, write its prepared image and label into the build
+    folder ``build`` (which is swapped in only when every pair is fine)."""
     pair, classes, spec, build = job
     try:
-        image, converted = read_image(pair.image)
+        image, converted, rotated = read_image(pair.image)
     except (OSError, ValueError) as error:
         return Checked(pair.stem, f"{pair.image}: cannot be read as an image ({error})", None)
     try:
@@ -269,32 +271,26 @@ def check_pair(job: tuple[Pair, Classes, FolderSpec, Path | None]) -> Checked:
         return Checked(pair.stem, problem, converted)
     width, height = image.size
     if label.shape != (height, width):
-        rotated = " (as a viewer shows it: its EXIF orientation applied)" if _rotated(pair.image) else ""
+        shown = " (as a viewer shows it: its EXIF orientation applied)" if rotated else ""
         return Checked(pair.stem, f"{pair.label}: {label.shape[1]}x{label.shape[0]} (w x h), its image "
-                                  f"{pair.image.name} {width}x{height}{rotated}: a mask must have its image's size", converted)
-    as_png = bool(converted) or _rotated(pair.image)  # re-encoded as the viewer shows it
+                                  f"{pair.image.name} {width}x{height}{shown}: a mask must have its image's size", converted)
+    as_png = bool(converted) or rotated  # re-encoded as the viewer shows it
     image_name = f"{pair.stem}.png" if as_png else f"{pair.stem}{pair.image.suffix.lower()}"
-    if build is not None:
-        if as_png:
-            image.save(build / "images" / image_name, compress_level=1)
-        else:
-            shutil.copyfile(pair.image, build / "images" / image_name)
-        write_png(label, build / "labels" / f"{pair.stem}.png")
+    if as_png:
+        image.save(build / "images" / image_name, compress_level=1)
+    else:
+        shutil.copyfile(pair.image, build / "images" / image_name)
+    write_png(label, build / "labels" / f"{pair.stem}.png")
     seen = tuple(int(v) for v in np.unique(label) if v != IGNORE_INDEX)
     digest = hashlib.sha256(pair.image.read_bytes() + b"\0" + pair.label.read_bytes()).hexdigest()
     return Checked(pair.stem, None, converted, seen, image_name, digest)
 
 
-def _rotated(path: Path) -> bool:
-    """Whether the image carries an EXIF orientation other than upright."""
-    with Image.open(path) as opened:
-        return opened.getexif().get(0x0112, 1) not in (1, None)
-
-
 def prepare_folder(folder: Path, out: Path, spec: FolderSpec, name: str = "folder",
                    workers: int | None = None) -> dict[str, Any]:
-    """Check the whole folder, then build the prepared dataset ``out`` (swapped in whole); return meta.json.
-    Nothing is written when any check fails: the error lists every problem, one line each."""
+    """Check the whole folder while building the prepared dataset beside ``out`` (each file read once), and
+    swap it in whole when every check passed; return meta.json. When any check fails, the build is removed
+    and ``out`` untouched: the error lists every problem, one line each."""
     if spec.encoding not in ENCODINGS:
         raise FolderError(f"label_encoding: '{spec.encoding}' is not one of {', '.join(ENCODINGS)}")
     spec = FolderSpec(spec.encoding, dict(spec.label_values) if spec.label_values else None, spec.val_share,
@@ -307,23 +303,22 @@ def prepare_folder(folder: Path, out: Path, spec: FolderSpec, name: str = "folde
     splits, drawn = read_splits(folder, [p.stem for p in pairs], spec)
     used = {stem for stems in splits.values() for stem in stems}
     pairs = [p for p in pairs if p.stem in used]
-    checked = in_pool(check_pair, [(p, classes, spec, None) for p in pairs], workers)  # everything, before writing
-    _raise([c.problem for c in checked if c.problem])
-    converted = [c.converted for c in checked if c.converted]
-    if converted:
-        kinds = {kind: converted.count(kind) for kind in sorted(set(converted))}
-        _log(f"converting {len(converted)} image(s) to 8-bit RGB ("
-             + ", ".join(f"{kind} {n}" for kind, n in kinds.items()) + ")")
-    trained = {k for c in checked if c.stem in set(splits["train"]) for k in c.classes_seen}
-    absent = [classes.names[k] for k in range(len(classes.names)) if k not in trained]
-    if absent:
-        _log(f"warning: no training mask contains class(es) {', '.join(absent)}: the model cannot learn them")
     remove_leftovers(out)
-    build = out.parent / f".{out.name}.build-{os.getpid()}"
+    build = out.parent / f".{out.name}.build-{os.getpid()}"  # hidden, and swapped in only when all is fine
     try:
         for sub in ("images", "labels", "splits"):
             (build / sub).mkdir(parents=True)
-        in_pool(check_pair, [(p, classes, spec, build) for p in pairs], workers)
+        checked = in_pool(check_pair, [(p, classes, spec, build) for p in pairs], workers)  # one read per file
+        _raise([c.problem for c in checked if c.problem])
+        converted = [c.converted for c in checked if c.converted]
+        if converted:
+            kinds = {kind: converted.count(kind) for kind in sorted(set(converted))}
+            _log(f"converting {len(converted)} image(s) to 8-bit RGB ("
+                 + ", ".join(f"{kind} {n}" for kind, n in kinds.items()) + ")")
+        trained = {k for c in checked if c.stem in set(splits["train"]) for k in c.classes_seen}
+        absent = [classes.names[k] for k in range(len(classes.names)) if k not in trained]
+        if absent:
+            _log(f"warning: no training mask contains class(es) {', '.join(absent)}: the model cannot learn them")
         written = {c.stem: c.image_name for c in checked}
         for split, stems in splits.items():
             lines = [f"images/{written[s]} labels/{s}.png\n" for s in stems]
