@@ -13,6 +13,7 @@ import sys
 sys.path.insert(0, workflow.basedir)  # the checkout's own deeplab/, also when not pip-installed
 from deeplab.budget import estimated_gpu_hours
 from deeplab.config import BACKBONES, DATASETS, load_params
+from deeplab.data.folder import source_files
 
 PRESET = str(config.get("preset", "full"))
 PARAMS_DIR = str(config.get("params", "params"))
@@ -21,7 +22,8 @@ if PRESET not in PARAMS.presets:
     raise ValueError(f"--config preset={PRESET}: unknown preset; known: {', '.join(PARAMS.presets)} "
                      f"(params/presets.yaml)")
 PATHS = PARAMS.preset(PRESET).paths
-CELLS = PARAMS.cells
+CELLS = PARAMS.cells  # the paper's and those of your own datasets (params/datasets.yaml layout: folder)
+OWN = PARAMS.own_datasets
 RUNS = {run.run_key: run for run in PARAMS.runs(PRESET)}  # "<cell>", or "<cell>/seed<k>" for further seeds
 PY = sys.executable  # the interpreter running Snakemake: the project's venv, also on cluster nodes
 STAGE_ARGS = f"--preset {PRESET} --params {PARAMS_DIR}"
@@ -61,7 +63,7 @@ def in_results(path):
 
 wildcard_constraints:
     results=re.escape(PATHS.results_dir),
-    dataset="|".join(DATASETS),
+    dataset="|".join(map(re.escape, PARAMS.datasets)),
     backbone="|".join(BACKBONES),
     run="|".join(map(re.escape, RUNS)),
     cell="|".join(map(re.escape, CELLS)),
@@ -72,16 +74,19 @@ COMPARES = PARAMS.preset(PRESET).schedule_must_match_reference  # fetch each cel
 
 
 def weights_for(wildcards):
-    """The backbone's ImageNet checkpoint, only when the preset trains from it."""
+    """Where the run starts: the backbone's ImageNet checkpoint when the preset trains from it, or the trained
+    model of the cell its params name (cells.<id>.init)."""
     run = RUNS[wildcards.run]
+    if run.cell.init != "imagenet":
+        return PATHS.run(run.cell.init).model
     return [] if run.model.pretrained == "none" else PATHS.weights_manifest(run.cell.backbone)
 
 
 def reference_log_for(wildcards):
-    """The cell's reference log where the preset compares with the reference: order only (ancient), so a
-    log fetched later retrains nothing; it arms the training's yardstick."""
+    """The cell's reference log where the preset compares with the reference (the paper's cells): order only
+    (ancient), so a log fetched later retrains nothing; it arms the training's yardstick."""
     run = RUNS[wildcards.run]
-    return [ancient(PATHS.reference_run(run.cell.id).reference_log_asset)] if COMPARES else []
+    return [ancient(PATHS.reference_run(run.cell.id).reference_log_asset)] if COMPARES and run.cell.in_paper else []
 
 
 def train_minutes(wildcards):
@@ -101,7 +106,8 @@ rule all:
     input: PATHS.table()
 
 
-rule download_dataset:
+rule download_dataset:  # the paper's datasets; one of your own is read from its folder by prepare_folder
+    wildcard_constraints: dataset="|".join(DATASETS)
     output: manifest=PATHS.dataset_manifest("{dataset}")
     log: PATHS.log("download_dataset", "{dataset}")
     resources: runtime=24 * 60  # ADE20k + VOC + SBD are tens of GB; the download resumes if cut
@@ -124,9 +130,23 @@ rule download_reference_log:  # the yardstick: the reference's training log of a
 
 
 rule prepare_dataset:
+    wildcard_constraints: dataset="|".join(DATASETS)
     input: manifest=rules.download_dataset.output.manifest
     output: meta=PATHS.prepared_meta("{dataset}")
     log: PATHS.log("prepare_dataset", "{dataset}")
+    threads: 2
+    resources: mem_mb=8000, runtime=4 * 60
+    shell: "{PY} -m pipeline.prepare --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
+
+
+rule prepare_folder:  # a dataset of your own: its folder's every file is an input, so an edit there re-prepares
+    wildcard_constraints: dataset="|".join(map(re.escape, OWN)) or "(?!)"
+    input: lambda w: source_files(PARAMS.dataset(w.dataset, PRESET).source)
+    output: meta=PATHS.prepared_meta("{dataset}")
+    log: PATHS.log("prepare_dataset", "{dataset}")
+    params:  # how its masks are read and its split drawn: an edit re-prepares it
+        reading=lambda w: {key: PARAMS.dataset(w.dataset, PRESET).to_dict()[key] for key in
+                           ("source", "num_classes", "label_encoding", "label_values", "val_share", "split_seed")},
     threads: 2
     resources: mem_mb=8000, runtime=4 * 60
     shell: "{PY} -m pipeline.prepare --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
@@ -224,7 +244,7 @@ rule reference_eval:
 
 
 rule reference_table:
-    input: [PATHS.reference_run(cell).metrics for cell in CELLS]
+    input: [PATHS.reference_run(cell).metrics for cell in PARAMS.paper().cells]
     output: PATHS.reference_table()
     log: PATHS.log("reference_table")
     shell: "{PY} -m pipeline.reference_eval --table {STAGE_ARGS} > {log} 2>&1"

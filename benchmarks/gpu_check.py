@@ -353,7 +353,7 @@ def loader_rows(setup: Setup, found: dict) -> Iterator[str]:
     yield ""
     yield "| cell | images/s (measured step) | workers needed (cold) | warm | fits the cores |"
     yield "|---|--:|--:|--:|---|"
-    for cell_id, cell in PARAMS.cells.items():
+    for cell_id, cell in PARAMS.paper().cells.items():
         shape = "voc" if cell.dataset == "ade20k" else cell.dataset
         rate = found.get("step", {}).get((shape, cell.backbone, cell.output_stride))
         if rate is None:
@@ -435,7 +435,7 @@ def hours_rows(setup: Setup, found: dict) -> Iterator[str]:
            "measured total | README's estimate (H100, 12 % of peak) |")
     yield "|---|--:|--:|--:|--:|--:|--:|"
     total, estimate = 0.0, 0.0
-    for cell_id, cell in PARAMS.cells.items():
+    for cell_id, cell in PARAMS.paper().cells.items():
         shape = "voc" if cell.dataset == "ade20k" else cell.dataset
         rate = found.get("step", {}).get((shape, cell.backbone, cell.output_stride))
         if rate is None:

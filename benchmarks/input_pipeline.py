@@ -226,7 +226,7 @@ def main() -> None:
     source = f"{args.gpu_rate:.0f} images/s measured" if args.gpu_rate else "the cost model's H100 rate"
     print(f"\nloader workers per GPU = 2 x images/s ({source}) / cold samples/s per worker, new chain (warm; previous)")
     worst = 0.0
-    for cell_id, cell in PARAMS.cells.items():
+    for cell_id, cell in PARAMS.paper().cells.items():
         gpu = args.gpu_rate or images_per_second(PARAMS.resolve(cell_id), "H100")
         cold, warm, old = (2 * gpu / results[cell.dataset][k] for k in ("new, cold", "new", "previous"))
         worst = max(worst, cold)

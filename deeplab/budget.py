@@ -7,11 +7,14 @@ times the images the schedule shows.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
 
 from deeplab.config import CellConfig, Params
+from deeplab.data.folder import source_files
 from deeplab.model import AUX_GFLOPS_512, FORWARD_GFLOPS_512  # 21 classes; the class count changes it by < 0.1 %
 # Achieved training rates assumed for planning: 12 % of each GPU's dense bf16 peak (H100 SXM 989 TFLOP/s,
 # A100 312 TFLOP/s). Anchors: ordinary PyTorch training of a BatchNorm convnet reaches about a tenth of the
@@ -22,9 +25,21 @@ ACHIEVED_SHARE = 0.12
 ACHIEVED_TFLOPS = {gpu: peak * ACHIEVED_SHARE for gpu, peak in PEAK_BF16_TFLOPS.items()}
 
 
+def train_count(config: CellConfig) -> int:
+    """The training split's size: the official count, or for a dataset of your own its prepared count (its
+    folder's images less the val share before it is prepared)."""
+    if config.data.expected_counts is not None:
+        return config.data.expected_counts["train"]
+    meta = Path(config.preset.paths.prepared_meta(config.cell.dataset))
+    if meta.is_file():
+        return int(json.loads(meta.read_text())["counts"]["train"])
+    images = sum(Path(path).parent.name == "images" for path in source_files(config.data.source or ""))
+    return max(images - round(images * config.data.val_share), config.data.batch_size)
+
+
 def training_images(config: CellConfig, num_train_images: int | None = None) -> int:
     """Images the schedule shows: iterations x global batch (the official train count by default)."""
-    count = config.data.expected_counts["train"] if num_train_images is None else num_train_images
+    count = train_count(config) if num_train_images is None else num_train_images
     return config.max_iters(count) * config.data.batch_size
 
 

@@ -23,7 +23,13 @@ import yaml
 from deeplab.errors import PipelineError
 from deeplab.paths import CellFiles, Paths, run_key
 
-DATASETS = ("voc", "ade20k", "cityscapes")
+DATASETS = ("voc", "ade20k", "cityscapes")  # the paper's: params/datasets.yaml must define them (layout: official)
+LAYOUTS = ("official", "folder")  # folder: your own images and masks (deeplab.data.folder), declared in params
+# What a dataset of your own takes from VOC's recipe (under each preset, with its overrides) unless its entry
+# says otherwise, and the defaults of its other keys: a folder and its class count are all it needs.
+FOLDER_FROM_VOC = ("base_scale", "ratio_range", "crop_size", "cat_max_ratio", "batch_size", "epochs", "eval_scale")
+FOLDER_DEFAULTS = {"train_split": "train", "val_split": "val", "train_set_name": "train", "val_set_name": "val",
+                   "expected_counts": None, "train_arrays": False}
 BACKBONES = ("r50", "r101")
 # The two records of a run. The training record holds every resolved setting that decides the trained
 # weights; the evaluation record holds the training record and every setting that decides the scores of
@@ -38,13 +44,16 @@ SPEED = "how fast or how often, not what, is computed"
 RECORDS: dict[str, dict[str, str]] = {
     "cell": {"id": NAMES, "dataset": TRAINING, "backbone": TRAINING, "output_stride": TRAINING,
              "reference_miou": "the paper's number the result is compared with", "in_seed_table": NAMES,
-             "gpus": TRAINING},
+             "gpus": TRAINING, "init": TRAINING},
     "data": {"title": NAMES, "num_classes": TRAINING, "train_split": TRAINING, "val_split": EVALUATION,
              "train_set_name": NAMES, "val_set_name": NAMES,
              "expected_counts": "a check of the download; the pixels themselves are the prepared split's identity",
              "base_scale": TRAINING, "ratio_range": TRAINING, "crop_size": TRAINING, "cat_max_ratio": TRAINING,
              "batch_size": TRAINING, "epochs": TRAINING, "eval_scale": EVALUATION,
-             "train_arrays": "how the prepared pixels are stored, not which pixels"},
+             "train_arrays": "how the prepared pixels are stored, not which pixels",
+             **dict.fromkeys(("layout", "source", "label_encoding", "label_values", "val_share", "split_seed"),
+                             "which pixels and labels are prepared: the prepared split, a file the training "
+                             "depends on, records them")},
     "model": {"stem": TRAINING, "pretrained": TRAINING, "backbone_width": TRAINING, "aspp_channels": TRAINING,
               "low_level_channels": TRAINING, "decoder_channels": TRAINING, "dropout": TRAINING,
               "aux_channels": TRAINING},
@@ -66,6 +75,9 @@ RECORDS: dict[str, dict[str, str]] = {
                "seeds": "which runs exist; each run's own seed is train.seed",
                "overrides": "applied to the sections above, which the records hold"},
 }
+# Settings added after runs were recorded: at this value (what every run before them trained under) they stay
+# out of the record, so adding them re-runs nothing that was already done; any other value is recorded.
+ADDED_LATER = {("cell", "init"): "imagenet"}
 PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "evaluate.yaml", "presets.yaml")
 
 
@@ -88,7 +100,7 @@ class DatasetRecipe:
     val_split: str
     train_set_name: str
     val_set_name: str
-    expected_counts: Mapping[str, int]
+    expected_counts: Mapping[str, int] | None  # None: a dataset of your own, whose sizes are its own
     base_scale: tuple[int, int]
     ratio_range: tuple[float, float]
     crop_size: tuple[int, int]
@@ -97,9 +109,37 @@ class DatasetRecipe:
     epochs: int
     eval_scale: tuple[int, int] | None
     train_arrays: bool  # also keep the train split as uint8 arrays read by memory map (deeplab.data.arrays)
+    layout: Literal["official", "folder"] = "official"  # folder: your own data (deeplab.data.folder)
+    source: str | None = None  # folder layout: the folder (relative to the project root, or absolute)
+    label_encoding: Literal["index", "color"] = "index"  # folder layout: how its masks are read
+    label_values: Mapping[int, int] | None = None  # folder layout: mask value -> class (255 = ignore)
+    val_share: float = 0.1  # folder layout without splits/: the val share of the drawn split
+    split_seed: int = 0  # and its seed
+
+    @property
+    def folder(self) -> bool:
+        return self.layout == "folder"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-ready form."""
+        return _plain(self)
 
     def check(self) -> dict[str, str]:
         problems = {}
+        if self.folder and not self.source:
+            problems["source"] = "a dataset of layout folder needs its folder: source: path/to/folder"
+        if not self.folder:
+            for key in ("source", "label_values"):
+                if getattr(self, key) is not None:
+                    problems[key] = "only a dataset of layout: folder reads this"
+        if self.label_values is not None:
+            bad = [f"{k}: {v}" for k, v in self.label_values.items()
+                   if not isinstance(k, int) or not 0 <= k <= 65535 or not (0 <= v < self.num_classes or v == 255)]
+            if bad:
+                problems["label_values"] = (f"{bad[0]}: each entry maps a mask value (0..65535) to a class index "
+                                            f"0..{self.num_classes - 1} or 255 (ignore)")
+        if not 0 < self.val_share < 1:
+            problems["val_share"] = "must be in (0, 1)"
         if self.num_classes < 2 or self.num_classes > 254:
             problems["num_classes"] = "must be in 2..254 (255 is the ignore index)"
         if not 0 < self.ratio_range[0] <= self.ratio_range[1]:
@@ -113,7 +153,10 @@ class DatasetRecipe:
         for key in ("batch_size", "epochs"):
             if getattr(self, key) <= 0:
                 problems[key] = "must be positive"
-        if set(self.expected_counts) != {"train", "val"} or min(self.expected_counts.values()) <= 0:
+        if self.expected_counts is None:
+            if not self.folder:
+                problems["expected_counts"] = "the paper's datasets give their official split sizes"
+        elif set(self.expected_counts) != {"train", "val"} or min(self.expected_counts.values()) <= 0:
             problems["expected_counts"] = "must give positive counts for exactly 'train' and 'val'"
         return problems
 
@@ -225,18 +268,28 @@ class EvalSettings:
 @dataclass(frozen=True)
 class Cell:
     id: str
-    dataset: Literal["voc", "ade20k", "cityscapes"]
+    dataset: str  # a dataset of params/datasets.yaml: the paper's, or one of your own
     backbone: Literal["r50", "r101"]
     output_stride: Literal[8, 16]
-    reference_miou: float
-    in_seed_table: bool
-    gpus: int  # GPUs of one training job; more than 1 runs under torchrun (DDP), the global batch is split
+    reference_miou: float | None = None  # the paper's cells: the reference's mIoU; your own: none
+    in_seed_table: bool = False
+    gpus: int = 1  # GPUs of one training job; more than 1 runs under torchrun (DDP), the global batch is split
+    init: str = "imagenet"  # or a cell id: start from that cell's trained model (heads re-initialised if they differ)
+
+    @property
+    def in_paper(self) -> bool:
+        """One of the paper's cells (a dataset of the table), not one of your own."""
+        return self.dataset in DATASETS
 
     def check(self) -> dict[str, str]:
         expected = f"{self.dataset}-{self.backbone}-os{self.output_stride}"
         if self.id != expected:
             return {"": f"cell id must be '{expected}' for its dataset, backbone and output_stride"}
-        if not 0 <= self.reference_miou <= 100:
+        if self.in_paper and self.reference_miou is None:
+            return {"reference_miou": "a cell of the paper's table needs the reference's mIoU"}
+        if self.init == self.id:
+            return {"init": "a cell cannot start from its own model; use imagenet or another cell's id"}
+        if self.reference_miou is not None and not 0 <= self.reference_miou <= 100:
             return {"reference_miou": "must be a percentage in [0, 100]"}
         if self.gpus < 1:
             return {"gpus": "must be at least 1"}
@@ -366,6 +419,18 @@ class Params:
     train: TrainSettings
     evaluate: EvalSettings
     presets: Mapping[str, Preset]
+    cell_keys: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # per cell: the keys its entry gives
+    own_keys: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)  # per folder dataset: the keys its entry gives
+
+    @property
+    def own_datasets(self) -> list[str]:
+        """The datasets of your own (layout: folder), in params order."""
+        return [name for name, recipe in self.datasets.items() if recipe.folder]
+
+    def paper(self) -> "Params":
+        """These params with the paper's cells alone: what README's tables, the reference's weights and logs and
+        the cost tables are about."""
+        return self.only([cell_id for cell_id, cell in self.cells.items() if cell.in_paper])
 
     def resolve(self, cell_id: str, preset: str = "full", seed: int | None = None) -> CellConfig:
         """The recipe of one run: ``cell_id`` under ``preset``, with ``seed`` (default: train.seed)."""
@@ -388,6 +453,9 @@ class Params:
         data, with the recipe's own model (the reference's architecture, whatever the preset thins) and the
         reference's evaluation numerics (fp32, TF32 off, whatever evaluate.precision says)."""
         cfg = self.resolve(cell_id, preset)
+        if not cfg.cell.in_paper:
+            raise UnknownName(f"cell '{cell_id}' is one of your own dataset {cfg.cell.dataset}'s: the reference "
+                              f"released weights for the paper's cells alone ({', '.join(self.paper().cells)})")
         return dataclasses.replace(cfg, model=self.model,
                                    evaluate=dataclasses.replace(cfg.evaluate, precision="fp32"))
 
@@ -427,8 +495,13 @@ class Params:
         """The recipe of ``name`` with ``preset``'s overrides applied."""
         if name not in self.datasets:
             raise UnknownName(f"unknown dataset '{name}'; known datasets: {', '.join(self.datasets)}")
-        overrides = self.preset(preset).overrides.get("datasets", {}).get(name, {})
-        return dataclasses.replace(self.datasets[name], **overrides)
+        overrides = self.preset(preset).overrides.get("datasets", {})
+        recipe = self.datasets[name]
+        if recipe.folder:  # what its entry leaves to VOC's recipe follows VOC's under this preset too
+            from_voc = {k: v for k, v in overrides.get("voc", {}).items()
+                        if k in FOLDER_FROM_VOC and k not in self.own_keys.get(name, ())}
+            recipe = dataclasses.replace(recipe, **from_voc)
+        return dataclasses.replace(recipe, **overrides.get(name, {}))
 
     @staticmethod
     def _section(section: str, base: Any, preset: Preset) -> Any:
@@ -443,9 +516,26 @@ def load_params(params_dir: str | Path = "params") -> Params:
     cells = {cell_id: _build(Cell, {"id": cell_id, **_mapping(raw, params_dir / "cells.yaml", ("cells", cell_id))},
                              params_dir / "cells.yaml", ("cells", cell_id))
              for cell_id, raw in _mapping(cells_doc["cells"], params_dir / "cells.yaml", ("cells",)).items()}
-    datasets_doc = _expect_keys(docs["datasets.yaml"], set(DATASETS), params_dir / "datasets.yaml", ())
-    datasets = {name: _build(DatasetRecipe, raw, params_dir / "datasets.yaml", (name,))
-                for name, raw in datasets_doc.items()}
+    datasets, own_keys = _build_datasets(docs["datasets.yaml"], params_dir / "datasets.yaml")
+    for cell in cells.values():
+        if cell.dataset not in datasets:
+            raise ParamsError(f"{_where(params_dir / 'cells.yaml', ('cells', cell.id, 'dataset'))}: unknown dataset "
+                              f"'{cell.dataset}'; known: {', '.join(datasets)} (params/datasets.yaml)")
+        if cell.init != "imagenet" and cell.init not in cells:
+            raise ParamsError(f"{_where(params_dir / 'cells.yaml', ('cells', cell.id, 'init'))}: '{cell.init}' is "
+                              f"neither imagenet nor a cell; known cells: {', '.join(cells)}")
+        if cell.init != "imagenet" and cells[cell.init].backbone != cell.backbone:
+            raise ParamsError(f"{_where(params_dir / 'cells.yaml', ('cells', cell.id, 'init'))}: {cell.init} has "
+                              f"backbone {cells[cell.init].backbone}, {cell.id} {cell.backbone}: start from a cell "
+                              "of the same backbone")
+    starts = {cell.id: cell.init for cell in cells.values() if cell.init != "imagenet"}
+    for cell_id in starts:  # a chain of starts must end at ImageNet
+        seen = [cell_id]
+        while seen[-1] in starts:
+            seen.append(starts[seen[-1]])
+            if seen[-1] in seen[:-1]:
+                raise ParamsError(f"{_where(params_dir / 'cells.yaml', ('cells', cell_id, 'init'))}: the cells start "
+                                  f"from each other in a circle ({' -> '.join(seen)}); one of them must start from imagenet")
     model = _build(ModelSettings, _expect_keys(docs["model.yaml"], {"model"}, params_dir / "model.yaml", ())["model"],
                    params_dir / "model.yaml", ("model",))
     train = _build(TrainSettings, _expect_keys(docs["train.yaml"], {"train"}, params_dir / "train.yaml", ())["train"],
@@ -463,7 +553,10 @@ def load_params(params_dir: str | Path = "params") -> Params:
         raise ParamsError(f"{_where(params_dir / 'presets.yaml', ('presets', readme[1], 'readme'))}: only one preset "
                           f"can fill README.md's tables ({', '.join(readme)} say readme: true); keep one")
     params = Params(cells=types.MappingProxyType(cells), datasets=types.MappingProxyType(datasets),
-                    model=model, train=train, evaluate=evaluate, presets=types.MappingProxyType(presets))
+                    model=model, train=train, evaluate=evaluate, presets=types.MappingProxyType(presets),
+                    own_keys=types.MappingProxyType(own_keys),
+                    cell_keys=types.MappingProxyType({cell_id: frozenset(map(str, raw)) for cell_id, raw in
+                                                      cells_doc["cells"].items()}))
     for preset in presets:  # every override must still give a valid recipe
         for name in datasets:
             _check(params.dataset(name, preset), params_dir / "presets.yaml",
@@ -485,7 +578,8 @@ def record(doc: Mapping[str, Any], which: str) -> dict[str, Any]:
     run's config.yaml): per section, the fields RECORDS gives to that record."""
     result = {}
     for section, fields in RECORDS.items():
-        kept = {k: v for k, v in doc.get(section, {}).items() if k in fields and which in record_of(section, k)}
+        kept = {k: v for k, v in doc.get(section, {}).items() if k in fields and which in record_of(section, k)
+                and not ((section, k) in ADDED_LATER and v == ADDED_LATER[section, k])}
         if kept:
             result[section] = kept
     return result
@@ -541,6 +635,42 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _build_datasets(doc: Any, path: Path) -> tuple[dict[str, DatasetRecipe], dict[str, frozenset[str]]]:
+    """The paper's three datasets (every key given) and any of your own (``layout: folder``: a folder and its
+    class count; the rest from VOC's entry and FOLDER_DEFAULTS). Returns them and, per dataset of your own,
+    the keys its entry gives (a preset's VOC override does not reach those)."""
+    doc = _mapping(doc, path, ())
+    missing = [name for name in DATASETS if name not in doc]
+    if missing:
+        raise ParamsError(f"{_where(path, ())}: missing key '{missing[0]}' (the paper's datasets are all required)")
+    datasets, own_keys = {}, {}
+    for name in DATASETS:
+        datasets[name] = _build(DatasetRecipe, doc[name], path, (name,))
+        if datasets[name].folder:
+            raise ParamsError(f"{_where(path, (name, 'layout'))}: the paper's dataset is prepared from its official "
+                              "archives; give your folder a name of its own")
+    for name, raw in doc.items():
+        if name in DATASETS:
+            continue
+        raw = _mapping(raw, path, (name,))
+        if not isinstance(name, str) or not name.replace("_", "").isalnum() or not name[0].isalpha() \
+                or name != name.lower():
+            raise ParamsError(f"{_where(path, (str(name),))}: a dataset name is lower-case letters, digits and _, "
+                              "starting with a letter (it names folders, cells and stages)")
+        if raw.get("layout") != "folder":
+            raise ParamsError(f"{_where(path, (name,))}: unknown dataset '{name}': a dataset of your own needs "
+                              f"layout: folder and source: <its folder>; the paper's are {', '.join(DATASETS)}")
+        given = _fields(DatasetRecipe, raw, path, (name,), partial=True)
+        if "num_classes" not in given:
+            raise ParamsError(f"{_where(path, (name,))}: missing key 'num_classes' (the lines of its classes.txt)")
+        voc = datasets["voc"]
+        full = {"title": name, **FOLDER_DEFAULTS, **{k: getattr(voc, k) for k in FOLDER_FROM_VOC}, **given}
+        datasets[name] = DatasetRecipe(**full)
+        _check(datasets[name], path, (name,))
+        own_keys[name] = frozenset(given)
+    return datasets, own_keys
+
+
 def _build_preset(name: str, raw: Any, base: Mapping[str, Any], path: Path, cells: Mapping[str, Cell]) -> Preset:
     where = ("presets", name)
     raw = dict(_mapping(raw, path, where))
@@ -580,7 +710,8 @@ def _fields(cls: type, raw: Any, path: Path, where: tuple[str, ...], partial: bo
     raw = _mapping(raw, path, where)
     hints = typing.get_type_hints(cls)
     supplied = {"id", "name"} & set(hints)  # set by the loader, never written in the file
-    _expect_keys(raw, set(hints), path, where, required=not partial, optional=supplied)
+    defaulted = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    _expect_keys(raw, set(hints), path, where, required=not partial, optional=supplied | defaulted, hidden=supplied)
     return {key: _convert(value, hints[key], path, where + (key,)) for key, value in raw.items()}
 
 
@@ -629,12 +760,15 @@ def _mapping(value: Any, path: Path, where: tuple[str, ...]) -> Mapping[str, Any
 
 
 def _expect_keys(raw: Any, allowed: set[str], path: Path, where: tuple[str, ...],
-                 required: bool = True, optional: set[str] = frozenset()) -> Mapping[str, Any]:
+                 required: bool = True, optional: set[str] = frozenset(),
+                 hidden: set[str] = frozenset()) -> Mapping[str, Any]:
+    """``raw`` as a mapping whose keys are in ``allowed``; with ``required``, every one of them but ``optional``
+    must be there. ``hidden``: allowed keys that the error's list leaves out (the loader sets them)."""
     raw = _mapping(raw, path, where)
     unknown = sorted(set(map(str, raw)) - allowed)
     if unknown:
         raise ParamsError(f"{_where(path, where + (unknown[0],))}: unknown key '{unknown[0]}'; "
-                          f"allowed: {', '.join(sorted(allowed - optional))}")
+                          f"allowed: {', '.join(sorted(allowed - hidden))}")
     missing = sorted(allowed - optional - set(raw)) if required else []
     if missing:
         raise ParamsError(f"{_where(path, where)}: missing key '{missing[0]}'")

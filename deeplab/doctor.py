@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from deeplab import device as devices
-from deeplab.config import Params, Preset
+from deeplab.config import DatasetRecipe, Params, Preset
+from deeplab.data.folder import FolderError, check_classes, source_files
 from deeplab.data.sources import (ARCHIVES, DISK_GIB, IMAGENET_WEIGHTS, PREPARED_SHARE, RUN_GIB, SYNTHETIC_GIB,
                                   arrays_gib)
 from deeplab.datasets import stored_arrays
@@ -137,15 +138,15 @@ def disk_check(params: Params, preset: Preset, datasets: list[str]) -> Check:
     """Free disk for the raw and prepared ``datasets`` not there yet and every run's results."""
     paths, needed = preset.paths, 0.0
     for dataset in datasets:
-        size = SYNTHETIC_GIB if preset.synthetic else DISK_GIB[dataset]
         recipe = params.dataset(dataset, preset.name)
-        if not Path(paths.dataset_manifest(dataset)).is_file():
+        size = folder_gib(recipe.source) if recipe.folder else SYNTHETIC_GIB if preset.synthetic else DISK_GIB[dataset]
+        if not recipe.folder and not Path(paths.dataset_manifest(dataset)).is_file():
             needed += size
         if not Path(paths.prepared_meta(dataset)).is_file():
             needed += size * PREPARED_SHARE
         if recipe.train_arrays and not preset.synthetic and \
                 stored_arrays(paths.arrays_dir(dataset), paths.prepared_dir(dataset), recipe.train_split):
-            needed += arrays_gib(dataset, recipe.expected_counts["train"])
+            needed += size * 4 if recipe.folder else arrays_gib(dataset, recipe.expected_counts["train"])
     runs = [run for run in params.runs(preset.name) if not Path(run.files.model).is_file()]
     needed += len(runs) * (SYNTHETIC_GIB if preset.synthetic else RUN_GIB)
     free = min(_gib_free(Path(preset.data_dir)), _gib_free(Path(preset.results_dir)))
@@ -157,11 +158,39 @@ def disk_check(params: Params, preset: Preset, datasets: list[str]) -> Check:
     return Check("OK", "disk", text)
 
 
+def folder_gib(source: str | None) -> float:
+    """The size of a dataset folder of your own (0 when it is not there)."""
+    return sum(Path(path).stat().st_size for path in source_files(source or "")) / 2**30
+
+
+def folder_check(dataset: str, recipe: DatasetRecipe) -> Check:
+    """A dataset of your own: its folder there and readable, classes.txt giving the class count of params (the
+    whole check of every image and mask is the prepare stage's, before anything is written)."""
+    name, folder = f"data {dataset}", Path(recipe.source or "")
+    try:
+        check_classes(folder, recipe.label_encoding, recipe.num_classes, dataset)
+        files = source_files(folder)
+        unreadable = [path for path in files if not os.access(path, os.R_OK)]
+        if unreadable:
+            return Check("FAIL", name, f"{unreadable[0]} (and {len(unreadable) - 1} more) cannot be read: fix the "
+                                       "permissions")
+        images = sum(Path(path).parent.name == "images" for path in files)
+    except FolderError as error:
+        return Check("FAIL", name, str(error).splitlines()[0])
+    return Check("OK", name, f"your folder {folder}: {images} images, {recipe.num_classes} classes (prepare checks "
+                             "every image and mask before it writes)")
+
+
 def dataset_checks(params: Params, preset: Preset, datasets: list[str]) -> list[Check]:
-    """Each dataset: prepared, downloaded (sizes as recorded) or still to download; Cityscapes' access."""
+    """Each dataset: prepared, downloaded (sizes as recorded) or still to download; Cityscapes' access; the
+    folder of a dataset of your own."""
     checks, paths = [], preset.paths
     for dataset in datasets:
         name = f"data {dataset}"
+        recipe = params.dataset(dataset, preset.name)
+        if recipe.folder:  # its folder is checked even when prepared: an edit there re-prepares it
+            checks.append(folder_check(dataset, recipe))
+            continue
         if Path(paths.prepared_meta(dataset)).is_file():
             meta = json.loads(Path(paths.prepared_meta(dataset)).read_text())
             counts = meta.get("counts", {})
@@ -187,7 +216,7 @@ def dataset_checks(params: Params, preset: Preset, datasets: list[str]) -> list[
             checks.append(Check("OK", name, f"not downloaded yet: the DAG downloads about {DISK_GIB[dataset]:.1f} GiB "
                                             f"({', '.join(s.filename for s in ARCHIVES[dataset])})"))
     if not preset.synthetic:
-        for backbone in sorted({cell.backbone for cell in params.cells.values()}):
+        for backbone in sorted({cell.backbone for cell in params.cells.values() if cell.init == "imagenet"}):
             if not Path(paths.weights_manifest(backbone)).is_file():
                 checks.append(Check("OK", f"weights {backbone}", f"not downloaded yet: the DAG downloads "
                                                                  f"{IMAGENET_WEIGHTS[backbone].filename}"))

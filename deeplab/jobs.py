@@ -30,7 +30,7 @@ def run_tags(cfg: CellConfig) -> dict[str, str]:
             "backbone": cfg.cell.backbone, "output_stride": str(cfg.cell.output_stride), "preset": cfg.preset.name,
             "git_commit": git["git_commit"], "git_dirty": str(git["git_dirty"]),
             "data_hash": manifest_hash(cfg.prepared_dir, cfg.data.train_split), "training_digest": cfg.training_digest(),
-            "evaluation_digest": cfg.evaluation_digest()}
+            "evaluation_digest": cfg.evaluation_digest(), "init": cfg.cell.init}
 
 
 def reference_rows(cfg: CellConfig) -> list[dict[str, str]]:

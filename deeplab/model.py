@@ -186,6 +186,29 @@ def load_trained(cfg: CellConfig, path: Path, device: torch.device) -> DeepLabV3
     return model.eval()
 
 
+def take_trained(model: nn.Module, path: Path, cell_id: str) -> tuple[list[str], list[str]]:
+    """Start ``model`` from the trained model of cell ``cell_id`` at ``path`` (its model.pt): every tensor whose
+    name and shape match is taken (backbone, ASPP, decoder, and the heads when the class count is the same);
+    the others keep their fresh initialisation (the classifiers of another class count). Returns the names
+    taken and the names left fresh (with both shapes)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path} not found: train cell {cell_id} first (params/cells.yaml init names it)")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if saved.get("cell") != cell_id:
+        raise ModelFileError(f"{path} holds the model of cell {saved.get('cell')}, not of {cell_id}: retrain {cell_id}")
+    theirs, ours = saved["state_dict"], model.state_dict()
+    taken = {name: tensor for name, tensor in theirs.items() if name in ours and ours[name].shape == tensor.shape}
+    unfit = [name for name in ours if name.startswith("backbone.") and name not in taken]
+    if unfit:
+        raise ModelFileError(f"{path}: {len(unfit)} backbone tensor(s) of this model have no match of the same shape "
+                             f"in cell {cell_id}'s (e.g. {unfit[0]}; another backbone or width): start from a cell "
+                             "of the same backbone and model settings")
+    model.load_state_dict(taken, strict=False)
+    fresh = [name + (f" ({tuple(theirs[name].shape)} -> {tuple(ours[name].shape)})" if name in theirs else "")
+             for name in ours if name not in taken]
+    return sorted(taken), fresh
+
+
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Replace every BatchNorm with SyncBatchNorm for multi-GPU training (statistics over the global batch)."""
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)

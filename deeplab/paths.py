@@ -176,6 +176,10 @@ class Paths:
         """Written by init_tracking: the MLflow store's URI and the experiment id."""
         return f"{self.results_dir}/mlflow.json"
 
+    def dvc_sync(self) -> str:
+        """Written by DVC's first stage once its pipeline matches params/ (constant: an order-only input)."""
+        return f"{self.results_dir}/dvc_pipeline.txt"
+
     def table(self) -> str:
         """The results tables in markdown."""
         return f"{self.results_dir}/table.md"

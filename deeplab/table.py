@@ -49,6 +49,7 @@ BATCHNORM_NOTE = ("{mark} BatchNorm normalised over fewer images per statistic t
                   "statistics, so such a run can land below the reference's mIoU (README, \"BatchNorm's batch\").")
 PRECISION_NOTE = ("{mark} Scored at another precision than the reference's fp32 (evaluate.precision): {runs}.")
 HEADER = ("Backbone", "Crop Size", "Schedule", "Train/Eval Set", "mIoU", "Reference", "Diff", "Download")
+OWN_HEADER = tuple(column for column in HEADER if column not in ("Reference", "Diff"))  # a dataset of your own
 SUMMARY_COLUMNS = ("cell", "dataset", "backbone", "output_stride", "mIoU", "mIoU_std", "aAcc", "mAcc",
                    "reference_mIoU", "diff", "seeds", "seeds_planned", "gpu_hours", "stale", "batchnorm_images",
                    "reference_batchnorm_images", "eval_precision")
@@ -165,7 +166,8 @@ def cell_frame(params: Params, preset: str, metrics: Metrics, root: Path = Path(
                      "output_stride": cell.output_stride, "mIoU": mean("mIoU"),
                      "mIoU_std": statistics.stdev(mious) if len(mious) > 1 else None,
                      "aAcc": mean("aAcc"), "mAcc": mean("mAcc"), "reference_mIoU": cell.reference_miou,
-                     "diff": mean("mIoU") - cell.reference_miou if runs else None, "seeds": len(runs),
+                     "diff": mean("mIoU") - cell.reference_miou if runs and cell.reference_miou is not None
+                     else None, "seeds": len(runs),
                      "seeds_planned": len(params.seeds(cell_id, preset)),
                      "gpu_hours": sum(hours) if hours and None not in hours else None,
                      "stale": any(run.stale for run in runs),
@@ -200,14 +202,18 @@ def per_class_frame(params: Params, metrics: Metrics) -> pd.DataFrame:
 
 
 def render(params: Params, preset: str, metrics: Metrics, link_base: str, root: Path = Path(".")) -> str:
-    """Markdown of the three sections. ``link_base``: path from the table's file to the results folder."""
+    """Markdown of the paper's three sections, then one per dataset of your own that has cells (without the
+    Reference and Diff columns: the paper has no number for it). ``link_base``: path from the table's file to
+    the results folder."""
     frame = cell_frame(params, preset, metrics, root)
     sections = []
-    for dataset in DATASETS:
+    own = [name for name in params.own_datasets if (frame["dataset"] == name).any()]
+    for dataset in (*DATASETS, *own):
         rows = frame[frame["dataset"] == dataset]
+        header = HEADER if dataset in DATASETS else OWN_HEADER
         shown = pd.DataFrame([_row(params, preset, row, metrics.get(row.cell, []), link_base)
-                              for row in rows.itertuples()], columns=list(HEADER))
-        table = shown.to_markdown(index=False, tablefmt="pipe", colalign=("center",) * len(HEADER),
+                              for row in rows.itertuples()], columns=list(HEADER))[list(header)]
+        table = shown.to_markdown(index=False, tablefmt="pipe", colalign=("center",) * len(header),
                                   disable_numparse=True)
         where = measured_on([run for cell in rows["cell"] for run in metrics.get(cell, [])])
         note = f"\n\n{STALE_NOTE.format(preset=preset).strip()}" if rows["stale"].any() else ""
@@ -263,24 +269,28 @@ def _row(params: Params, preset: str, row: Any, runs: list[Finished], link_base:
     pretrained = PRETRAINED_NAMES[model["pretrained"]]
     if recipe["preset"]["synthetic"] and model["pretrained"] == "imagenet":
         pretrained = "Synthetic"  # the synthetic presets' backbone checkpoint is random, not ImageNet
+    start = recipe["cell"].get("init", "imagenet")
+    if start != "imagenet":
+        pretrained = start  # fine-tuned from that cell's trained model
     backbone = f"{BACKBONE_NAMES[cell.backbone]} (OS={cell.output_stride}, PRE={pretrained})"
     crop = f"{data['crop_size'][0]}x{data['crop_size'][1]}"
     schedule = f"LR/POLICY/BS/EPOCH: {_number(recipe['train']['lr'])}/{POLICY}/{data['batch_size']}/{data['epochs']}"
     sets = f"{data['train_set_name']}/{data['val_set_name']}"
     stale = (" (stale)" if row.stale else "") + (BATCHNORM_MARK if any(r.small_batchnorm for r in runs) else "") \
         + (PRECISION_MARK if any(r.not_fp32 for r in runs) else "")
-    reference = f"{cell.reference_miou:.2f}%"
+    reference = "-" if cell.reference_miou is None else f"{cell.reference_miou:.2f}%"
     if pd.isna(row.mIoU):
         return backbone, crop, schedule, sets, "-", reference, "-", "-"
     files = runs[0].files or config.preset.paths.cell(row.cell)
     download = " &#124; ".join(f"[{name}]({_link(path, config.preset.results_dir, link_base)})" for name, path
                                in (("cfg", files.config), ("model", files.model), ("log", files.train_log)))
+    diff = "-" if pd.isna(row.diff) else f"{row.diff:+.2f}"
     if row.seeds_planned == 1:
-        return backbone, crop, schedule, sets, f"{row.mIoU:.2f}%{stale}", reference, f"{row.diff:+.2f}", download
+        return backbone, crop, schedule, sets, f"{row.mIoU:.2f}%{stale}", reference, diff, download
     spread = f" ± {row.mIoU_std:.2f}" if row.seeds > 1 else ""
     count = f"n={row.seeds}" + (f" of {row.seeds_planned}" if row.seeds < row.seeds_planned else "")
     return (backbone, crop, schedule, sets, f"{row.mIoU:.2f}{spread}% ({count}){stale}", reference,
-            f"{row.diff:+.2f}{spread}", download)
+            diff if pd.isna(row.diff) else f"{diff}{spread}", download)
 
 
 def _link(path: str, results_dir: str, link_base: str) -> str:

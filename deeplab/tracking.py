@@ -318,7 +318,12 @@ def official_url(spec: ArchiveSpec) -> str:
 def archives_source(cfg: CellConfig) -> dict[str, object]:
     """Where the cell's dataset came from: each archive of its download manifest with its sha256 and
     where it was fetched (the catalogue's first URL for "catalogue"; a mirror, or "synthetic (seed 0)" for
-    the smoke preset's), or the catalogue alone when the manifest is gone."""
+    the smoke preset's), or the catalogue alone when the manifest is gone. A dataset of your own: its folder
+    and the hash of its files that prepare recorded."""
+    if cfg.data.folder:
+        meta = Path(cfg.preset.paths.prepared_meta(cfg.cell.dataset))
+        sources = json.loads(meta.read_text()).get("sources", {}) if meta.is_file() else {}
+        return {"folder": cfg.data.source, "files_sha256": sources.get("files_sha256")}
     path = Path(cfg.preset.paths.dataset_manifest(cfg.cell.dataset))
     urls = {spec.filename: official_url(spec) for spec in ARCHIVES[cfg.cell.dataset]}
     if not path.is_file():

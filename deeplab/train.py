@@ -33,7 +33,7 @@ from deeplab.environment import versions
 from deeplab.errors import PipelineError
 from deeplab.losses import criterion, image_weights, valid_pixels
 from deeplab.memory import GIB, ModelShape, accumulation_steps, gpus_for_whole_batch, predicted_line
-from deeplab.model import build_model
+from deeplab.model import build_model, take_trained
 from deeplab.paths import CellFiles
 from deeplab.precision import configure_backends, resolve_precision
 from deeplab.schedule import build_optimizer, build_scheduler
@@ -432,18 +432,24 @@ def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) ->
                  "training": cfg.record(TRAINING), "config": cfg.to_dict(), "iteration": iteration}, path)
 
 
-def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None,
+def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None, start: Path | None = None,
           on_metrics: Logger = lambda m, s: None, on_validate: Callable[[nn.Module, int], None] = lambda model, it: None,
           memory: Memory | None = None, stop_reason: Callable[[], str | None] = lambda: None) -> Path:
     """Train one run into its files (``cfg.files``, from the prepared data at ``cfg.prepared_dir``), resuming
     from its checkpoint if present; return the path of the final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points. The caller
-    holds the cell's lock (:func:`cell_lock`), so no second copy writes the same files."""
+    holds the cell's lock (:func:`cell_lock`), so no second copy writes the same files. ``weights``: the
+    backbone's ImageNet checkpoint; ``start``: instead, another cell's model.pt to fine-tune from."""
     files = cfg.files
     checkpoint = Path(files.checkpoint)
     dtype = resolve_precision(cfg.train.precision, ctx.device)
     configure_backends(dtype, deterministic=cfg.train.deterministic)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, ctx.device, weights, ctx.distributed)
+    if start is not None:  # cells.<id>.init: another cell's trained model (a resume then overwrites it all)
+        taken, fresh = take_trained(model, start, cfg.cell.init)
+        if ctx.is_main:
+            print(f"starting from cell {cfg.cell.init}'s model ({start}): took {len(taken)} tensors; "
+                  + (f"re-initialised {len(fresh)}: {', '.join(fresh)}" if fresh else "re-initialised none"), flush=True)
     optimizer = build_optimizer(model, cfg.train)
     state = State(model, optimizer, build_scheduler(optimizer, max_iters, cfg.train),
                   torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16))

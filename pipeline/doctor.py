@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplab.config import DATASETS, UnknownName
+from deeplab.config import UnknownName
 from deeplab.doctor import run_checks
 from deeplab.tracking import default_tracking_uri
 from pipeline import stage
@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         params = stage.params(args)
-        unknown = sorted(set(args.datasets or []) - set(DATASETS))
+        unknown = sorted(set(args.datasets or []) - set(params.datasets))
         if unknown:
-            raise UnknownName(f"--datasets: unknown dataset '{unknown[0]}'; known: {', '.join(DATASETS)}")
+            raise UnknownName(f"--datasets: unknown dataset '{unknown[0]}'; known: {', '.join(params.datasets)}")
         scope = "" if args.cells is None and args.datasets is None else \
             f" (cells: {', '.join(args.cells or []) or 'none'}; further data: {', '.join(args.datasets or []) or 'none'})"
         print(f"pipeline.doctor: preset {args.preset}{scope}")

@@ -68,6 +68,10 @@ def fetch_reference_log(cell_id: str, params: Params, preset: Preset, source: st
     cell = params.cells[cell_id]
     files = preset.paths.reference_run(cell_id)
     Path(files.dir).mkdir(parents=True, exist_ok=True)
+    if not cell.in_paper:  # DVC's training stages all wait on this step's files: a header and no asset
+        atomic.write_text(files.reference_log, ",".join(CSV_FIELDS) + "\n")
+        atomic.write_json(files.reference_log_asset, {"cell": cell_id, "asset": None, "url": None})
+        return f"{cell_id} is a cell of your own dataset {cell.dataset}: the reference has no log of it (nothing fetched)"
     try:
         rows = reference.fetch_log(cell, Path(preset.paths.reference_dir()), Path(files.reference_log), source)
         said = f"{files.reference_log}: {len(rows)} rows of the reference's training log"
@@ -84,7 +88,8 @@ def fetch_reference_log(cell_id: str, params: Params, preset: Preset, source: st
 def main(argv: list[str] | None = None) -> int:
     parser = stage.parser("download", __doc__)
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--dataset", choices=DATASETS, help="fetch this dataset's archives")
+    what.add_argument("--dataset", choices=DATASETS, help="fetch this dataset's archives (the paper's; a dataset "
+                      "of your own is read from its folder by the prepare stage)")
     what.add_argument("--weights", choices=BACKBONES, help="fetch this backbone's ImageNet checkpoint")
     what.add_argument("--reference-log", metavar="CELL", help="fetch the reference's training log of this cell")
     parser.add_argument("--source", default=os.environ.get("DEEPLAB_MIRROR") or None,

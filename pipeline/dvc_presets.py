@@ -1,6 +1,6 @@
 """Generate each non-full preset's DVC pipeline from the one hand-written dvc.yaml, and check both.
 
-    python -m pipeline.dvc_presets [--params DIR] [--check]
+    python -m pipeline.dvc_presets [--params DIR] [--check | --sync MARKER]
 
 DVC cannot choose paths from a preset name (no nested interpolation), so ``<preset>/dvc.yaml`` (today
 ``smoke/dvc.yaml``) is dvc.yaml with that preset's ``vars`` (name, data and results folders from
@@ -17,10 +17,15 @@ run's training record, and of its evaluation record (deeplab.config.RECORDS), in
 including the preset's overrides of those keys; so an edit of anything else (names, folders, speed, the
 storage format, another cell's seeds) reruns no training, as under Snakemake.
 
+The ``vars`` of dvc.yaml and reference/dvc.yaml (the runs, cells and datasets: your own datasets and cells
+too) and the table stage's inputs are generated in place from params/ as well, so a dataset or cell added to
+params/ needs no hand edit: ``--sync MARKER`` is DVC's first stage (sync_pipeline), which regenerates every
+file and writes MARKER (constant text: the stages after it wait on it without rerunning); when it had to
+rewrite a file, it exits 1 saying so, since DVC had already read the old one: `dvc repro` again goes on.
+
 ``--check`` writes nothing and exits 1 when a generated file is stale, when a stage's code deps are not the
-modules it imports, when the ``vars`` of dvc.yaml or reference/dvc.yaml are not the full preset's, or when a
-data path that they spell (deps and outs of every stage, every matrix or foreach item) is not the one
-deeplab.paths gives.
+modules it imports, or when a data path that they spell (deps and outs of every stage, every matrix or foreach
+item) is not the one deeplab.paths gives.
 """
 from __future__ import annotations
 
@@ -32,7 +37,9 @@ from typing import Any
 
 import yaml
 
-from deeplab.config import EVALUATION, RECORDS, TRAINING, Params, load_params, record_of
+from deeplab.config import (EVALUATION, FOLDER_FROM_VOC, RECORDS, TRAINING, CellConfig, Params, load_params,
+                            record_of)
+from deeplab import atomic
 from deeplab.errors import PipelineError
 from pipeline import stage
 
@@ -53,6 +60,7 @@ NOT_OUTPUT_CODE = {
 }
 # Stages without code deps: what they write does not follow from our code.
 NO_CODE_DEPS = {
+    "sync_pipeline": "rewrites the pipeline files themselves; its output is constant text",
     "download_dataset": "the official archives, verified against the sha256 pinned in deeplab/data/sources.py "
                         "(a code edit must not re-download tens of GB; the synthetic ones are a demo's)",
     "download_weights": "the official checkpoints, verified the same way",
@@ -67,6 +75,14 @@ SECTION_FILES = {"cell": ("params/cells.yaml", "cells.${item.cell}"), "data": ("
                  "evaluate": ("params/evaluate.yaml", "evaluate")}
 MODULE_FLAG = re.compile(r"-m\s+(pipeline\.\w+)")
 CODE_DEP = re.compile(r"^(\s+)- ([\w./-]+\.py)\s*$")
+TABLE_INPUT = re.compile(r"^(\s+)- (\$\{results\}/\S+/metrics\.json)\s*$")
+SYNC_TEXT = "dvc.yaml matched params/ when DVC ran it (pipeline.dvc_presets --sync); constant: an order-only input\n"
+
+
+class PipelineRewritten(PipelineError):
+    """--sync rewrote a pipeline file DVC had already read: its run must start again."""
+
+    exit_code = 1
 
 
 class PipelineMismatch(PipelineError):
@@ -145,32 +161,70 @@ def with_code_deps(text: str, deps: dict[str, list[str]], where: Path) -> str:
     return "".join(out)
 
 
-def record_params(params: Params, preset: str, which: str) -> dict[str, list[str]]:
+def value_path(params: Params, preset: str, section: str, key: str, name: str, cell: str = "") -> str | None:
+    """Where in its params file the value of a run's resolved setting is written (a DVC params key), or None
+    where no file gives it (a field's default). ``section`` "over" is the preset's dataset override of ``key``.
+    A dataset of your own takes what its entry does not give from VOC's entry and VOC's override. ``name``:
+    the run's dataset; ``cell``: its cell."""
+    inherits = params.datasets[name].folder and key in FOLDER_FROM_VOC and key not in params.own_keys[name]
+    if section == "cell":
+        return f"cells.{cell}.{key}" if key in params.cell_keys.get(cell, ()) else None
+    if section == "data":
+        if not params.datasets[name].folder or key in params.own_keys[name]:
+            return f"{name}.{key}"
+        return f"voc.{key}" if inherits else None
+    if section == "over":
+        overrides = params.preset(preset).overrides.get("datasets", {})
+        holder = "voc" if inherits else name
+        return f"presets.{preset}.overrides.datasets.{holder}.{key}" if key in overrides.get(holder, {}) else None
+    return f"{section}.{key}"
+
+
+# A key every run's entry has in each file: what a run whose value is a default lists instead (DVC refuses a
+# params key the file lacks); it is tracked anyway, so it reruns nothing more.
+PLACEHOLDERS = {"params/cells.yaml": "cells.{cell}.dataset", "params/datasets.yaml": "{dataset}.num_classes",
+                "params/presets.yaml": "presets.{preset}.data_dir"}
+OVERRIDE = ("params/presets.yaml", "presets.${preset}.overrides.datasets.${item.dataset}")
+
+
+def record_params(params: Params, preset: str, which: str) -> tuple[dict[str, list[str]], dict[str, dict[str, str]]]:
     """A run's ``which`` record (deeplab.config.RECORDS) as DVC params: file -> keys, templated by the run's
-    cell and dataset, plus each key of that record which ``preset`` overrides (presets.yaml). A dataset
-    override must cover the same record keys for every dataset: one foreach body lists them for all runs."""
+    cell and dataset, plus each key of that record which ``preset`` overrides (presets.yaml); and, per run
+    (by stage name), the keys of the run's own ``at`` var: where a setting is not written at the templated
+    key for every run (a default, or a dataset of your own taking VOC's), its line is ``${item.at.<name>}``
+    and each run names where its value lives (or a placeholder key of its own entry, where none does)."""
     keys: dict[str, list[str]] = {}
-    for section, (file, prefix) in SECTION_FILES.items():
-        listed = [f"{prefix}.{key}" for key in RECORDS[section] if which in record_of(section, key) and key != "id"]
-        if listed:
-            keys[file] = listed
+    at: dict[str, dict[str, str]] = {run.run_key.replace("/", "-"): {} for run in params.runs(preset)}
+    runs = params.runs(preset)
     overrides = params.preset(preset).overrides
-    chosen: list[str] = []
+
+    def add(file: str, template: str, section: str, key: str) -> None:
+        paths = [value_path(params, preset, section, key, run.cell.dataset, run.cell.id) for run in runs]
+        filled = [template.replace("${item.cell}", run.cell.id).replace("${item.dataset}", run.cell.dataset)
+                  .replace("${preset}", preset) for run in runs]
+        if all(path is None for path in paths):
+            return  # a default for every run: no file to track
+        if paths == filled:
+            keys.setdefault(file, []).append(template)
+            return
+        name = f"{section}_{key}"
+        keys.setdefault(file, []).append(f"${{item.at.{name}}}")
+        for run, path in zip(runs, paths):
+            at[run.run_key.replace("/", "-")][name] = path or PLACEHOLDERS[file].format(
+                cell=run.cell.id, dataset=run.cell.dataset, preset=preset)
+    for section, (file, prefix) in SECTION_FILES.items():
+        for key in RECORDS[section]:
+            if which in record_of(section, key) and key != "id":
+                add(file, f"{prefix}.{key}", section, key)
     for section in ("model", "train", "evaluate"):
-        chosen += [f"presets.${{preset}}.overrides.{section}.{key}" for key in overrides.get(section, {})
-                   if which in record_of(section, key)]
-    per_dataset = {name: tuple(key for key in overrides.get("datasets", {}).get(name, {})
-                               if which in record_of("data", key)) for name in params.datasets}
-    if len(set(per_dataset.values())) > 1:
-        raise PipelineMismatch(f"params/presets.yaml: presets.{preset}.overrides.datasets: the DVC pipeline lists "
-                               "one set of overridden keys for every dataset, and these differ ("
-                               + "; ".join(f"{name}: {', '.join(k) or 'none'}" for name, k in per_dataset.items())
-                               + "); override the same keys for every dataset (repeat the base value where needed)")
-    chosen += [f"presets.${{preset}}.overrides.datasets.${{item.dataset}}.{key}"
-               for key in next(iter(per_dataset.values()), ())]
-    if chosen:
-        keys["params/presets.yaml"] = chosen
-    return keys
+        for key in overrides.get(section, {}):
+            if which in record_of(section, key):
+                keys.setdefault("params/presets.yaml", []).append(f"presets.${{preset}}.overrides.{section}.{key}")
+    overridden = {key for values in overrides.get("datasets", {}).values() for key in values
+                  if which in record_of("data", key)}
+    for key in (key for key in RECORDS["data"] if key in overridden):  # in RECORDS' order
+        add(OVERRIDE[0], f"{OVERRIDE[1]}.{key}", "over", key)
+    return keys, at
 
 
 def with_record_params(text: str, params: Params, preset: str, where: Path) -> str:
@@ -190,7 +244,7 @@ def with_record_params(text: str, params: Params, preset: str, where: Path) -> s
         if block and stage in RECORD_STAGES:
             indent = block.group(1)
             out.append(f"{indent}params:  # the run's {RECORD_STAGES[stage]} record: generated, see pipeline/dvc_presets.py\n")
-            for file, keys in record_params(params, preset, RECORD_STAGES[stage]).items():
+            for file, keys in record_params(params, preset, RECORD_STAGES[stage])[0].items():
                 out.append(f"{indent}  - {file}:\n")
                 out.extend(f"{indent}      - {key}\n" for key in keys)
             skipping, done = len(indent), done | {stage}
@@ -217,22 +271,64 @@ def code_problems(doc: dict[str, Any], deps: dict[str, list[str]], where: Path) 
     return problems
 
 
+def start_of(run: CellConfig) -> str:
+    """What a run starts from: the trained model of the cell its init names, or its backbone's ImageNet
+    weights (their manifest)."""
+    paths = run.preset.paths
+    return paths.run(run.cell.init).model if run.cell.init != "imagenet" else paths.weights_manifest(run.cell.backbone)
+
+
 def variables(params: Params, preset: str) -> dict[str, Any]:
-    """The ``vars`` of a preset's DVC pipeline: its name and folders, and its training runs by stage name."""
+    """The ``vars`` of a preset's DVC pipeline: its name and folders, its training runs by stage name, every
+    cell (the reference logs), every dataset, the paper's (downloaded) and your own (folders)."""
     chosen = params.preset(preset)
-    runs = {run.run_key.replace("/", "-"): {"cell": run.cell.id, "seed": run.train.seed,
-                                            "dataset": run.cell.dataset, "backbone": run.cell.backbone,
-                                            "dir": run.files.dir} for run in params.runs(preset)}
+    at = record_params(params, preset, EVALUATION)[1]  # the evaluation record holds the training record
+    runs = {key: {"cell": run.cell.id, "seed": run.train.seed, "dataset": run.cell.dataset, "start": start_of(run),
+                  "dir": run.files.dir, **({"at": at[key]} if at[key] else {})}
+            for run in params.runs(preset) for key in [run.run_key.replace("/", "-")]}
     cells = {cell_id: {"cell": cell_id, "dataset": cell.dataset} for cell_id, cell in params.cells.items()}
+    own = params.own_datasets
+
+    def dataset_at(name: str) -> dict[str, str]:  # store_arrays' params: where each dataset gives them
+        return {key: value_path(params, preset, "data", key, name) or PLACEHOLDERS["params/datasets.yaml"].format(
+            dataset=name) for key in ("train_split", "train_arrays")}
     return {"preset": chosen.name, "data": chosen.data_dir, "results": chosen.results_dir, "runs": runs,
-            "cells": cells}
+            "cells": cells, "datasets": {name: {"dataset": name, "at": dataset_at(name)} for name in params.datasets},
+            "downloads": {name: {"dataset": name} for name in params.datasets if name not in own},
+            "folders": {name: {"dataset": name, "source": params.dataset(name, preset).source} for name in own}}
 
 
 def reference_variables(params: Params) -> dict[str, Any]:
-    """The ``vars`` of reference/dvc.yaml: the full preset's folders and its cells."""
+    """The ``vars`` of reference/dvc.yaml: the full preset's folders and the paper's cells (the reference
+    released weights for those alone)."""
     chosen = params.preset("full")
-    cells = {cell_id: {"cell": cell_id, "dataset": cell.dataset} for cell_id, cell in params.cells.items()}
+    cells = {cell_id: {"cell": cell_id, "dataset": cell.dataset} for cell_id, cell in params.paper().cells.items()}
     return {"preset": chosen.name, "data": chosen.data_dir, "results": chosen.results_dir, "cells": cells}
+
+
+def with_variables(text: str, base: dict[str, Any], where: Path) -> str:
+    """``text`` of a pipeline file with its ``vars:`` block (up to ``stages:``) written from ``base``."""
+    match = re.search(r"^vars:.*\n(?:[ #].*\n|\n)*?stages:\n", text, re.MULTILINE)
+    if not match:
+        raise PipelineMismatch(f"{where}: needs a top-level 'vars:' block followed by 'stages:' to generate")
+    head, stages = text[:match.start()].removesuffix("\n"), text[match.end():]
+    body = yaml.safe_dump([base], sort_keys=False, width=1000, default_flow_style=None)  # a run per line
+    return f"{head}\nvars:  # generated from params/ by `python -m pipeline.dvc_presets`\n" + \
+        "".join(f"  {line}\n" for line in body.splitlines()) + f"stages:\n{stages}"
+
+
+def with_table_inputs(text: str, inputs: list[str]) -> str:
+    """``text`` of dvc.yaml with the table stage's metrics.json deps written from ``inputs``."""
+    out, done = [], False
+    for line in text.splitlines(keepends=True):
+        match = TABLE_INPUT.match(line)
+        if match:
+            if not done:
+                out.extend(f"{match.group(1)}- {path}\n" for path in inputs)
+                done = True
+            continue
+        out.append(line)
+    return "".join(out)
 
 
 def table_inputs(params: Params, preset: str) -> list[str]:
@@ -265,7 +361,7 @@ def generated(doc: dict[str, Any], params: Params, preset: str) -> str:
     if summaries:
         table["metrics"] = summaries
     for name, which in RECORD_STAGES.items():
-        stages[name]["do"]["params"] = [{file: keys} for file, keys in record_params(params, preset, which).items()]
+        stages[name]["do"]["params"] = [{file: keys} for file, keys in record_params(params, preset, which)[0].items()]
     text = yaml.safe_dump({"vars": [variables(params, preset)], "stages": stages}, sort_keys=False, width=110)
     return HEADER.format(name=preset) + text
 
@@ -274,16 +370,21 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
     """The data files and folders a stage reads and writes, as deeplab.paths names them."""
     paths = params.preset(preset).paths
     files = params.resolve(item["cell"], preset, item["seed"]).files if "seed" in item else None
+    sync = paths.dvc_sync()
     return {
-        "download_dataset": lambda: {paths.raw_dir(item["dataset"])},
-        "download_weights": lambda: {paths.weights_manifest(item["backbone"])},
+        "sync_pipeline": lambda: {sync, *(f"params/{name}" for name in ("cells.yaml", "datasets.yaml", "presets.yaml"))},
+        "download_dataset": lambda: {paths.raw_dir(item["dataset"]), sync},
+        "download_weights": lambda: {paths.weights_manifest(item["backbone"]), sync},
         "prepare_dataset": lambda: {paths.raw_dir(item["dataset"]), paths.prepared_dir(item["dataset"])},
+        "prepare_folder": lambda: {params.dataset(item["dataset"], preset).source, sync,
+                                   paths.prepared_dir(item["dataset"])},
         "store_arrays": lambda: {paths.prepared_dir(item["dataset"]), paths.arrays_dir(item["dataset"])},
-        "init_tracking": lambda: {paths.tracking_marker()},
+        "init_tracking": lambda: {paths.tracking_marker(), sync},
         "download_reference_log": lambda: {paths.reference_run(item["cell"]).reference_log,
-                                           paths.reference_run(item["cell"]).reference_log_asset},
+                                           paths.reference_run(item["cell"]).reference_log_asset, sync},
         "train_cell": lambda: {paths.prepared_dir(item["dataset"]), paths.arrays_source(item["dataset"]),
-                               paths.weights_manifest(item["backbone"]), files.model, files.config, files.train_log}
+                               start_of(params.resolve(item["cell"], preset, item["seed"])), files.model,
+                               files.config, files.train_log}
         | ({paths.reference_run(item["cell"]).reference_log_asset}
            if params.preset(preset).schedule_must_match_reference else set()),
         "evaluate_cell": lambda: {files.model, paths.prepared_dir(item["dataset"]), files.metrics, files.scores,
@@ -293,7 +394,7 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
         | set(seeds_summaries(params, preset)),
         "reference_eval": lambda: {paths.prepared_dir(item["dataset"]), paths.reference_run(item["cell"]).metrics,
                                    paths.reference_run(item["cell"]).reference_log},
-        "reference_table": lambda: {paths.reference_run(cell).metrics for cell in params.cells}
+        "reference_table": lambda: {paths.reference_run(cell).metrics for cell in params.paper().cells}
         | {paths.reference_table()},
     }[stage_name]()
 
@@ -332,30 +433,42 @@ def check_paths(doc: dict[str, Any], params: Params, base: dict[str, Any], pipel
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage.parser("dvc_presets", __doc__, preset=False)
-    stage.add_check(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true", help="write nothing; exit 1 if any output is out of date")
+    mode.add_argument("--sync", metavar="MARKER", type=Path,
+                      help="DVC's first stage: regenerate, write MARKER; exit 1 when a pipeline file had to change")
     args = parser.parse_args(argv)
 
     def work() -> None:
         params = load_params(args.params)
         files, problems = {}, []
         for path, base in ((PIPELINE, variables(params, "full")), (REFERENCE, reference_variables(params))):
-            text = path.read_text()
+            text = with_variables(path.read_text(), base, path)
             doc = yaml.safe_load(text)
             deps = code_deps(doc)
             problems += code_problems(doc, deps, path) if args.check else []
             files[path] = with_code_deps(text, deps, path)
             if path == PIPELINE:
-                files[path] = with_record_params(files[path], params, "full", path)
+                files[path] = with_table_inputs(with_record_params(files[path], params, "full", path),
+                                                table_inputs(params, "full"))
             doc = yaml.safe_load(files[path])
             problems += check_paths(doc, params, base, path)
-            if doc.get("vars") != [base]:
-                problems.append(f"{path}: vars must be, from params/:\n" + yaml.safe_dump([base], sort_keys=False, width=110))
             if path == PIPELINE:
                 files.update({Path(name) / "dvc.yaml": generated(doc, params, name)
                               for name in params.presets if name != "full"})
         if problems:
             raise PipelineMismatch("\n".join(problems))
-        stage.write_or_check("dvc_presets", files, args.check, "python -m pipeline.dvc_presets")
+        if args.sync is None:
+            stage.write_or_check("dvc_presets", files, args.check, "python -m pipeline.dvc_presets")
+            return
+        stale = [path for path, text in files.items() if not path.is_file() or path.read_text() != text]
+        for path in stale:
+            atomic.write_text(path, files[path])
+        if stale:
+            raise PipelineRewritten(f"rewrote {', '.join(map(str, stale))} from params/ (datasets, cells or seeds "
+                                    "changed); DVC read the old pipeline before this stage: run `dvc repro` again")
+        atomic.write_text(args.sync, SYNC_TEXT)
+        print(f"pipeline.dvc_presets: the pipelines match params/; wrote {args.sync}")
     return stage.run("dvc_presets", work)
 
 

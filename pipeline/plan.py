@@ -77,7 +77,8 @@ def cell_plan(args: argparse.Namespace) -> int:
 
 def readme_with(built: dict[str, Any], params: Params, preset: str) -> str:
     """README.md with its memory table rendered from the plan ``built`` of ``preset`` (the README's)."""
-    block = plan.render(built, params, preset, reference.spent_by_cell(params, preset))
+    paper = params.paper()  # README's table is the paper's cells'
+    block = plan.render(built, paper, preset, reference.spent_by_cell(paper, preset))
     return replace_block(README.read_text(), block, README, plan.BEGIN, plan.END)
 
 

@@ -1,6 +1,6 @@
 """Stage: a prepared dataset's training pairs as uint8 arrays, or none, in the dataset's arrays folder.
 
-    python -m pipeline.store_arrays --dataset {voc,ade20k,cityscapes} --preset PRESET [--params DIR] [--workers N]
+    python -m pipeline.store_arrays --dataset NAME --preset PRESET [--params DIR] [--workers N]
 
 Where ``datasets.<name>.train_arrays`` is true, every training pair of the prepared folder is stored as
 ``.npy`` arrays read by memory map (deeplab.data.arrays); where it is false, the folder holds no arrays and
@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplab.config import DATASETS
 from deeplab.data.arrays import store
 from pipeline import stage
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = stage.parser("store_arrays", __doc__)
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    parser.add_argument("--dataset", required=True, help="a dataset of params/datasets.yaml, e.g. voc")
     parser.add_argument("--workers", type=int, default=None, help="processes writing arrays (default: all CPUs)")
     args = parser.parse_args(argv)
 

@@ -51,10 +51,14 @@ def generated_files(params: Params, preset: str, metrics: dict, root: Path = Pat
              root / paths.per_class_iou(): to_csv(per_class_frame(params, metrics))}
     for row in frame[frame["cell"].isin(params.seeded_cells(preset))].itertuples():
         files[root / paths.seeds_summary(row.cell)] = seeds_json(row)
-    if params.preset(preset).readme:  # only real results ever reach the README
+    if params.preset(preset).readme:  # only real results of the paper's cells ever reach the README
         readme = root / README
         if not readme.is_file():
             raise TableError(f"{readme}: not found; run the table stage from the project root")
+        paper = params.paper()
+        metrics = {cell: runs for cell, runs in metrics.items() if cell in paper.cells}
+        frame = frame[frame["cell"].isin(paper.cells)]
+        params = paper
         block = render(params, preset, metrics, link_base=paths.results_dir, root=root)
         text = replace_block(readme.read_text(), block, readme)
         measured = frame.set_index("cell")["gpu_hours"]

@@ -100,9 +100,9 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
     stages = _dvc_stages(checkout)
     full = {name: s for name, s in stages.items() if "/" not in name.split(":")[0]}
     counts = Counter(name.split("@")[0] for name in full)
-    assert counts == {"download_dataset": 3, "download_weights": 2, "prepare_dataset": 3, "store_arrays": 3,
-                      "download_reference_log": 12, "init_tracking": 1, "train_cell": 12, "evaluate_cell": 12,
-                      "make_table": 1}
+    assert counts == {"sync_pipeline": 1, "download_dataset": 3, "download_weights": 2, "prepare_dataset": 3,
+                      "store_arrays": 3, "download_reference_log": 12, "init_tracking": 1, "train_cell": 12,
+                      "evaluate_cell": 12, "make_table": 1}  # no dataset of your own: no prepare_folder stage
     # the reference's weights: a pipeline of their own (a plain `dvc repro` never downloads them), run from the root
     reference = {name.removeprefix("reference/dvc.yaml:"): s for name, s in stages.items()
                  if name.startswith("reference/")}
@@ -147,7 +147,8 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     paths = PARAMS.preset("smoke").paths
     for name, stage in ((n, s) for n, s in smoke.items() if n in full):
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
-        assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke"), name
+        assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke").replace(
+            "--sync results/", "--sync results/smoke/"), name
     # the smoke preset compares with no reference: it fetches no reference log
     assert set(smoke) == {name for name in full if not name.startswith("download_reference_log@")} \
         | {"train_cell@voc-r50-os16-seed1", "evaluate_cell@voc-r50-os16-seed1"}

@@ -286,11 +286,40 @@ def check_pair(job: tuple[Pair, Classes, FolderSpec, Path]) -> Checked:
     return Checked(pair.stem, None, converted, seen, image_name, digest)
 
 
+def source_files(folder: str | Path) -> list[str]:
+    """Every file prepare reads from ``folder`` (classes.txt, images/, labels/, splits/), sorted: what the DAG
+    watches for edits. Empty when the folder is not there (prepare then says so)."""
+    root = Path(folder)
+    found = [root / "classes.txt"] if (root / "classes.txt").is_file() else []
+    for sub in ("images", "labels", "splits"):
+        if (root / sub).is_dir():
+            found += [path for path in (root / sub).iterdir() if path.is_file() and not path.name.startswith(".")]
+    return sorted(map(str, found))
+
+
+def spec_of(recipe: Any) -> FolderSpec:
+    """The FolderSpec of a dataset's params entry (deeplab.config.DatasetRecipe of layout folder)."""
+    return FolderSpec(recipe.label_encoding, dict(recipe.label_values) if recipe.label_values else None,
+                      recipe.val_share, recipe.split_seed)
+
+
+def check_classes(folder: Path, encoding: str, num_classes: int, name: str) -> Classes:
+    """classes.txt read, and its class count the one params give (the model's output width)."""
+    if not folder.is_dir():
+        raise FolderError(f"{folder}: not found or not a folder (params/datasets.yaml {name}.source)")
+    classes = read_classes(folder / "classes.txt", encoding)
+    if len(classes.names) != num_classes:
+        raise FolderError(f"{folder / 'classes.txt'}: {len(classes.names)} classes, but params/datasets.yaml "
+                          f"{name}.num_classes says {num_classes}: make them agree")
+    return classes
+
+
 def prepare_folder(folder: Path, out: Path, spec: FolderSpec, name: str = "folder",
-                   workers: int | None = None) -> dict[str, Any]:
+                   workers: int | None = None, num_classes: int | None = None) -> dict[str, Any]:
     """Check the whole folder while building the prepared dataset beside ``out`` (each file read once), and
     swap it in whole when every check passed; return meta.json. When any check fails, the build is removed
-    and ``out`` untouched: the error lists every problem, one line each."""
+    and ``out`` untouched: the error lists every problem, one line each. ``num_classes``: the class count
+    classes.txt must give (the dataset's params entry), if any."""
     if spec.encoding not in ENCODINGS:
         raise FolderError(f"label_encoding: '{spec.encoding}' is not one of {', '.join(ENCODINGS)}")
     spec = FolderSpec(spec.encoding, dict(spec.label_values) if spec.label_values else None, spec.val_share,
@@ -298,7 +327,8 @@ def prepare_folder(folder: Path, out: Path, spec: FolderSpec, name: str = "folde
     given, folder, out = str(folder), folder.absolute(), out.absolute()
     if not folder.is_dir():
         raise FolderError(f"{folder}: not found or not a folder (the dataset's source in params/datasets.yaml)")
-    classes = read_classes(folder / "classes.txt", spec.encoding)
+    classes = read_classes(folder / "classes.txt", spec.encoding) if num_classes is None \
+        else check_classes(folder, spec.encoding, num_classes, name)
     pairs = find_pairs(folder)
     splits, drawn = read_splits(folder, [p.stem for p in pairs], spec)
     used = {stem for stems in splits.values() for stem in stems}
