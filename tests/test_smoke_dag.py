@@ -208,6 +208,7 @@ def test_snakemake_results_can_be_adopted_by_dvc(snakemake_run: tuple[Path, str]
     a VOC training setting marks only the VOC runs' stages (and the table) as changed: their training, and
     their evaluation, whose record holds the training record (deeplab.config.RECORDS)."""
     checkout, uri = snakemake_run
+    run_tool(["dvc", "repro", "smoke/dvc.yaml:sync_pipeline"], checkout, timeout=300)  # its marker: DVC's alone
     run_tool(["dvc", "commit", "-f", "smoke/dvc.yaml"], checkout, timeout=300, MLFLOW_TRACKING_URI=uri)
     status = run_tool(["dvc", "status", "smoke/dvc.yaml"], checkout, timeout=300).stdout
     assert "up to date" in status, status
