@@ -62,13 +62,19 @@ def write_learnable_folder(root: Path, n: int = 24, seed: int = 0, masks: str = 
             Image.fromarray(rgb).save(root / "labels" / f"{stem}.png")
         elif masks == "binary":
             Image.fromarray((label * 255).astype(np.uint8), mode="L").save(root / "labels" / f"{stem}.png")
-        elif k % 2:
-            Image.fromarray(label, mode="L").save(root / "labels" / f"{stem}.png")
         else:
-            paletted = Image.fromarray(label, mode="P")
-            paletted.putpalette(voc_palette())
-            paletted.save(root / "labels" / f"{stem}.png")
+            save_index_mask(label, root / "labels" / f"{stem}.png", paletted=k % 2 == 0)
     return root
+
+
+def save_index_mask(label: np.ndarray, path: Path, paletted: bool) -> None:
+    """An index mask as users' tools write them: a palette PNG (VOC's colours) or a plain single-channel one."""
+    if not paletted:
+        Image.fromarray(label, mode="L").save(path)
+        return
+    image = Image.fromarray(label, mode="P")
+    image.putpalette(voc_palette())
+    image.save(path)
 
 
 def declare(params_dir: Path, name: str, entry: dict[str, Any], cells: dict[str, dict[str, Any]]) -> None:

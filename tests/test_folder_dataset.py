@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from deeplab.data.folder import FolderError, FolderSpec, prepare_folder
-from deeplab.data.labels import voc_palette
 from deeplab.datasets import read_image, read_label, read_split
+from folder_fixtures import save_index_mask
 
 CLASSES = "background\ncat\ndog\n"
 COLOURS = {0: (0, 0, 0), 1: (200, 0, 0), 2: (0, 0, 200)}
@@ -59,12 +59,8 @@ def write_folder(root: Path, n: int = 10, encoding: str = "index") -> Path:
                 rgb[label == value] = colour
             rgb[label == 255] = COLOURS[0]
             Image.fromarray(rgb).save(root / "labels" / f"{stem}.png")
-        elif k % 2:
-            Image.fromarray(label, mode="L").save(root / "labels" / f"{stem}.png")
         else:
-            palette = Image.fromarray(label, mode="P")
-            palette.putpalette(voc_palette())
-            palette.save(root / "labels" / f"{stem}.png")
+            save_index_mask(label, root / "labels" / f"{stem}.png", paletted=k % 2 == 0)
     return root
 
 

@@ -104,7 +104,7 @@ def test_mlflow_holds_a_run_and_a_registered_model_per_own_cell(own_run: tuple[P
 def test_predict_runs_on_an_own_cell(own_run: tuple[Path, str, str], tmp_path: Path) -> None:
     checkout, _, uri = own_run
     image = next((checkout / "mydata/spots/images").glob("photo_005.*"))
-    run_tool([str(Path("python")), "-m", "pipeline.predict", "--cell", "spots-r50-os16", "--preset", "smoke",
+    run_tool(["python", "-m", "pipeline.predict", "--cell", "spots-r50-os16", "--preset", "smoke",
               "--out", str(tmp_path), str(image)], checkout, timeout=300, MLFLOW_TRACKING_URI=uri)
     predicted = np.asarray(Image.open(tmp_path / "photo_005.png"))
     assert predicted.shape == np.asarray(Image.open(image)).shape[:2] and set(np.unique(predicted)) <= {0, 1}
