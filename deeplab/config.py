@@ -24,7 +24,6 @@ from deeplab.errors import PipelineError
 from deeplab.paths import CellFiles, Paths, run_key
 
 DATASETS = ("voc", "ade20k", "cityscapes")  # the paper's: params/datasets.yaml must define them (layout: official)
-LAYOUTS = ("official", "folder")  # folder: your own images and masks (deeplab.data.folder), declared in params
 # What a dataset of your own takes from VOC's recipe (under each preset, with its overrides) unless its entry
 # says otherwise, and the defaults of its other keys: a folder and its class count are all it needs.
 FOLDER_FROM_VOC = ("base_scale", "ratio_range", "crop_size", "cat_max_ratio", "batch_size", "epochs", "eval_scale")
