@@ -9,6 +9,10 @@ Every image, mask, value, colour and split entry is checked first; each problem 
 file (and the value and pixel), and nothing is written. Without ``--out`` that check is all it does (exit
 0: the folder can be trained on); with it, the prepared dataset (index PNG labels, split lists, meta.json)
 is built there and swapped in whole. Exit codes: 0 fine, 2 a problem in the folder.
+
+To train on it, declare it in params/datasets.yaml (``layout: folder``, ``source:``, ``num_classes:``) with a
+cell in params/cells.yaml: the DAG's prepare stage then does the same from those settings (README, "Train on
+your own data").
 """
 from __future__ import annotations
 
