@@ -77,8 +77,8 @@ def weights_for(wildcards):
     """Where the run starts: the backbone's ImageNet checkpoint when the preset trains from it, or the trained
     model of the cell its params name (cells.<id>.init)."""
     run = RUNS[wildcards.run]
-    if run.cell.init != "imagenet":
-        return PATHS.run(run.cell.init).model
+    if run.start_model:
+        return run.start_model
     return [] if run.model.pretrained == "none" else PATHS.weights_manifest(run.cell.backbone)
 
 

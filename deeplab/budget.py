@@ -14,7 +14,7 @@ from typing import Any, Mapping
 import pandas as pd
 
 from deeplab.config import CellConfig, Params
-from deeplab.data.folder import source_files
+from deeplab.data.folder import image_count, source_files
 from deeplab.model import AUX_GFLOPS_512, FORWARD_GFLOPS_512  # 21 classes; the class count changes it by < 0.1 %
 # Achieved training rates assumed for planning: 12 % of each GPU's dense bf16 peak (H100 SXM 989 TFLOP/s,
 # A100 312 TFLOP/s). Anchors: ordinary PyTorch training of a BatchNorm convnet reaches about a tenth of the
@@ -33,7 +33,7 @@ def train_count(config: CellConfig) -> int:
     meta = Path(config.preset.paths.prepared_meta(config.cell.dataset))
     if meta.is_file():
         return int(json.loads(meta.read_text())["counts"]["train"])
-    images = sum(Path(path).parent.name == "images" for path in source_files(config.data.source or ""))
+    images = image_count(source_files(config.data.source or ""))
     return max(images - round(images * config.data.val_share), config.data.batch_size)
 
 

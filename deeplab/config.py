@@ -353,6 +353,12 @@ class CellConfig:
         """The prepared dataset this cell trains and is scored on."""
         return self.preset.paths.prepared_dir(self.cell.dataset)
 
+    @property
+    def start_model(self) -> str | None:
+        """The trained model this run starts from (the first seed's of the cell ``cell.init`` names, under the
+        same preset), or None when it starts from ImageNet."""
+        return None if self.cell.init == "imagenet" else self.preset.paths.run(self.cell.init).model
+
     def share(self, world: int | None = None) -> int:
         """Images one process trains per iteration: the global batch over ``world`` processes (default:
         the cell's GPUs)."""

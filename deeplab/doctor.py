@@ -22,7 +22,7 @@ from typing import Callable, Literal
 
 from deeplab import device as devices
 from deeplab.config import DatasetRecipe, Params, Preset
-from deeplab.data.folder import FolderError, check_classes, source_files
+from deeplab.data.folder import FolderError, check_classes, image_count, source_files
 from deeplab.data.sources import (ARCHIVES, DISK_GIB, IMAGENET_WEIGHTS, PREPARED_SHARE, RUN_GIB, SYNTHETIC_GIB,
                                   arrays_gib)
 from deeplab.datasets import stored_arrays
@@ -174,7 +174,7 @@ def folder_check(dataset: str, recipe: DatasetRecipe) -> Check:
         if unreadable:
             return Check("FAIL", name, f"{unreadable[0]} (and {len(unreadable) - 1} more) cannot be read: fix the "
                                        "permissions")
-        images = sum(Path(path).parent.name == "images" for path in files)
+        images = image_count(files)
     except FolderError as error:
         return Check("FAIL", name, str(error).splitlines()[0])
     return Check("OK", name, f"your folder {folder}: {images} images, {recipe.num_classes} classes (prepare checks "

@@ -432,7 +432,7 @@ def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) ->
                  "training": cfg.record(TRAINING), "config": cfg.to_dict(), "iteration": iteration}, path)
 
 
-def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None, start: Path | None = None,
+def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None, start: str | Path | None = None,
           on_metrics: Logger = lambda m, s: None, on_validate: Callable[[nn.Module, int], None] = lambda model, it: None,
           memory: Memory | None = None, stop_reason: Callable[[], str | None] = lambda: None) -> Path:
     """Train one run into its files (``cfg.files``, from the prepared data at ``cfg.prepared_dir``), resuming
@@ -446,7 +446,7 @@ def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path 
     seed_everything(cfg.train.seed)
     model = build_model(cfg, ctx.device, weights, ctx.distributed)
     if start is not None:  # cells.<id>.init: another cell's trained model (a resume then overwrites it all)
-        taken, fresh = take_trained(model, start, cfg.cell.init)
+        taken, fresh = take_trained(model, Path(start), cfg.cell.init)
         if ctx.is_main:
             print(f"starting from cell {cfg.cell.init}'s model ({start}): took {len(taken)} tensors; "
                   + (f"re-initialised {len(fresh)}: {', '.join(fresh)}" if fresh else "re-initialised none"), flush=True)

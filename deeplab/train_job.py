@@ -44,15 +44,10 @@ def record_environment(cfg: CellConfig, device: torch.device) -> dict[str, Any]:
     return env
 
 
-def start_model(cfg: CellConfig) -> Path | None:
-    """The trained model the cell starts from (cells.<id>.init names a cell), or None (ImageNet)."""
-    return None if cfg.cell.init == "imagenet" else Path(cfg.preset.paths.run(cfg.cell.init).model)
-
-
 def backbone_weights(cfg: CellConfig) -> Path | None:
     """The ImageNet checkpoint of the cell's backbone, or None when the preset trains from scratch or the cell
     starts from another cell's model."""
-    if cfg.model.pretrained != "imagenet" or cfg.cell.init != "imagenet":
+    if cfg.model.pretrained != "imagenet" or cfg.start_model:
         return None
     path = Path(cfg.preset.paths.weights_dir()) / IMAGENET_WEIGHTS[cfg.cell.backbone].filename
     if not path.is_file():
@@ -134,7 +129,7 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
         tracker.log_metrics(metrics, iteration)
         yardstick(metrics, iteration)
     try:
-        final = train(cfg, ctx, max_iters=max_iters, weights=weights, start=start_model(cfg), on_metrics=on_metrics,
+        final = train(cfg, ctx, max_iters=max_iters, weights=weights, start=cfg.start_model, on_metrics=on_metrics,
                       on_validate=validator(cfg, ctx, tracker), stop_reason=yardstick.stop_reason)
     except Interrupted:
         tracker.end("KILLED")

@@ -161,6 +161,11 @@ def with_code_deps(text: str, deps: dict[str, list[str]], where: Path) -> str:
     return "".join(out)
 
 
+def stage_key(run: CellConfig) -> str:
+    """A run's name in DVC's stage names and vars: ``<cell>``, or ``<cell>-seed<k>`` for a further seed."""
+    return run.run_key.replace("/", "-")
+
+
 def value_path(params: Params, preset: str, section: str, key: str, name: str, cell: str = "") -> str | None:
     """Where in its params file the value of a run's resolved setting is written (a DVC params key), or None
     where no file gives it (a field's default). ``section`` "over" is the preset's dataset override of ``key``.
@@ -194,8 +199,8 @@ def record_params(params: Params, preset: str, which: str) -> tuple[dict[str, li
     key for every run (a default, or a dataset of your own taking VOC's), its line is ``${item.at.<name>}``
     and each run names where its value lives (or a placeholder key of its own entry, where none does)."""
     keys: dict[str, list[str]] = {}
-    at: dict[str, dict[str, str]] = {run.run_key.replace("/", "-"): {} for run in params.runs(preset)}
     runs = params.runs(preset)
+    at: dict[str, dict[str, str]] = {stage_key(run): {} for run in runs}
     overrides = params.preset(preset).overrides
 
     def add(file: str, template: str, section: str, key: str) -> None:
@@ -210,7 +215,7 @@ def record_params(params: Params, preset: str, which: str) -> tuple[dict[str, li
         name = f"{section}_{key}"
         keys.setdefault(file, []).append(f"${{item.at.{name}}}")
         for run, path in zip(runs, paths):
-            at[run.run_key.replace("/", "-")][name] = path or PLACEHOLDERS[file].format(
+            at[stage_key(run)][name] = path or PLACEHOLDERS[file].format(
                 cell=run.cell.id, dataset=run.cell.dataset, preset=preset)
     for section, (file, prefix) in SECTION_FILES.items():
         for key in RECORDS[section]:
@@ -274,8 +279,7 @@ def code_problems(doc: dict[str, Any], deps: dict[str, list[str]], where: Path) 
 def start_of(run: CellConfig) -> str:
     """What a run starts from: the trained model of the cell its init names, or its backbone's ImageNet
     weights (their manifest)."""
-    paths = run.preset.paths
-    return paths.run(run.cell.init).model if run.cell.init != "imagenet" else paths.weights_manifest(run.cell.backbone)
+    return run.start_model or run.preset.paths.weights_manifest(run.cell.backbone)
 
 
 def variables(params: Params, preset: str) -> dict[str, Any]:
@@ -283,9 +287,10 @@ def variables(params: Params, preset: str) -> dict[str, Any]:
     cell (the reference logs), every dataset, the paper's (downloaded) and your own (folders)."""
     chosen = params.preset(preset)
     at = record_params(params, preset, EVALUATION)[1]  # the evaluation record holds the training record
-    runs = {key: {"cell": run.cell.id, "seed": run.train.seed, "dataset": run.cell.dataset, "start": start_of(run),
-                  "dir": run.files.dir, **({"at": at[key]} if at[key] else {})}
-            for run in params.runs(preset) for key in [run.run_key.replace("/", "-")]}
+    runs = {stage_key(run): {"cell": run.cell.id, "seed": run.train.seed, "dataset": run.cell.dataset,
+                             "start": start_of(run), "dir": run.files.dir,
+                             **({"at": at[stage_key(run)]} if at[stage_key(run)] else {})}
+            for run in params.runs(preset)}
     cells = {cell_id: {"cell": cell_id, "dataset": cell.dataset} for cell_id, cell in params.cells.items()}
     own = params.own_datasets
 

@@ -297,6 +297,11 @@ def source_files(folder: str | Path) -> list[str]:
     return sorted(map(str, found))
 
 
+def image_count(files: list[str]) -> int:
+    """How many of ``files`` (as :func:`source_files` lists them) are under images/."""
+    return sum(Path(path).parent.name == "images" for path in files)
+
+
 def spec_of(recipe: Any) -> FolderSpec:
     """The FolderSpec of a dataset's params entry (deeplab.config.DatasetRecipe of layout folder)."""
     return FolderSpec(recipe.label_encoding, dict(recipe.label_values) if recipe.label_values else None,
