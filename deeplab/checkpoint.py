@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,8 +31,28 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         torch.save(obj, f)
 
 
+def load_saved(path: str | Path) -> dict[str, Any]:
+    """A file this project wrote with torch.save (model.pt, a checkpoint), read with ``weights_only=True``: its
+    contents are tensors and plain types, so a file that needs anything else to load (pickled code, planted in a
+    shared results folder) is refused instead of run. Raises CheckpointError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values, which this "
+                              f"project never writes (torch.load(weights_only=True): {_unsupported(exc)}); "
+                              "delete it, or retrain the run that should have written it") from exc
+
+
+def _unsupported(exc: Exception) -> str:
+    """The line of torch's refusal that names what the file needed (its other lines are advice)."""
+    lines = [line.strip() for line in str(exc).splitlines() if "Unsupported" in line or "GLOBAL" in line]
+    return lines[0] if lines else str(exc).splitlines()[0]
+
+
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    name, keys, pos, has_gauss, cached = np.random.get_state()  # its key array as a tensor: weights_only loads it
+    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -39,7 +60,8 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: Mapping[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -61,7 +83,9 @@ def load_checkpoint(path: str | Path, digest: str, config: Mapping[str, Any]) ->
     """Read a checkpoint and refuse it, saying what differs, when it was made under another config."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_saved(path)
+    except CheckpointError:
+        raise
     except Exception as exc:  # a corrupt file must not be silently replaced by a fresh start
         raise CheckpointError(f"{path} cannot be read ({exc}); delete it to start this cell over") from exc
     if state.get("digest") != digest:

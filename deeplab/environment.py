@@ -109,7 +109,7 @@ def summary(env: dict[str, Any]) -> str:
 
 def versions() -> dict[str, Any]:
     """The versions a checkpoint records: a resume under others is warned about (bit-equality is not promised)."""
-    return {"torch": torch.__version__, "cuda": torch.version.cuda,
+    return {"torch": str(torch.__version__), "cuda": torch.version.cuda,  # str: TorchVersion is a class of its own
             "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None}
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deeplab.backbone import ResNet, load_imagenet_weights
+from deeplab.checkpoint import load_saved
 from deeplab.config import TRAINING, CellConfig, record_changes
 from deeplab.errors import PipelineError
 
@@ -175,7 +176,7 @@ def load_trained(cfg: CellConfig, path: Path, device: torch.device) -> DeepLabV3
     if not path.is_file():
         raise ModelFileError(f"{path} not found: train the cell first (python -m pipeline.train --cell "
                            f"{cfg.cell.id} --preset {cfg.preset.name})")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_saved(path)
     if saved.get("digest") != cfg.training_digest():
         differences = record_changes(saved.get("training", {}), cfg.record(TRAINING))
         raise ModelFileError(f"{path} was trained under another training record than params/ gives now ("
@@ -193,7 +194,7 @@ def take_trained(model: nn.Module, path: Path, cell_id: str) -> tuple[list[str],
     taken and the names left fresh (with both shapes)."""
     if not path.is_file():
         raise ModelFileError(f"{path} not found: train cell {cell_id} first (params/cells.yaml init names it)")
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_saved(path)
     if saved.get("cell") != cell_id:
         raise ModelFileError(f"{path} holds the model of cell {saved.get('cell')}, not of {cell_id}: retrain {cell_id}")
     theirs, ours = saved["state_dict"], model.state_dict()

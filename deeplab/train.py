@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from deeplab import atomic
 from deeplab.autofit import CudaMemory, Memory, OutOfMemory, choose, smaller
-from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, rng_state, set_rng_state
+from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, load_saved, rng_state, set_rng_state
 from deeplab.config import TRAINING, CellConfig
 from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
 from deeplab.distributed import Context, any_rank, barrier, sum_tensor
@@ -292,7 +292,7 @@ def check_finite(window: Window, checkpoint: Path, ctx: Context) -> None:
     """Raise :class:`NonFiniteLoss` (on every rank) if any rank saw a non-finite loss in the window."""
     first_bad = int(window.first_bad.item())
     if any_rank(ctx, first_bad >= 0):
-        good = torch.load(checkpoint, map_location="cpu", weights_only=False)["iteration"] \
+        good = load_saved(checkpoint)["iteration"] \
             if checkpoint.is_file() else None
         where = f"{checkpoint} (iteration {good})" if good is not None else "none (no checkpoint written yet)"
         raise NonFiniteLoss(f"loss became NaN/inf at iteration {first_bad + 1 if first_bad >= 0 else '?'} "

@@ -45,7 +45,7 @@ def test_the_plan_gives_the_first_guess_and_a_trial_confirms_it() -> None:
 
 def _weights(project: Path) -> dict[str, torch.Tensor]:
     cfg = load_params(project / "params").resolve(CELL, "smoke")
-    return torch.load(project / cfg.files.model, weights_only=False)["state_dict"]
+    return torch.load(project / cfg.files.model, weights_only=True)["state_dict"]
 
 
 def _log(project: Path) -> list[dict[str, str]]:

@@ -27,7 +27,7 @@ def test_two_process_gloo_run_honours_the_global_batch(project: Path) -> None:
         rows = list(csv.DictReader(f))
     assert [(int(r["iteration"]), int(r["images"])) for r in rows] == [(1, 4), (2, 4)]
     assert yaml.safe_load((cell_dir / "config.yaml").read_text())["world_size"] == 2
-    saved = torch.load(cell_dir / "model.pt", weights_only=False)
+    saved = torch.load(cell_dir / "model.pt", weights_only=True)
     assert saved["iteration"] == 2 and all(torch.isfinite(v).all() for v in saved["state_dict"].values()
                                            if v.is_floating_point())
     assert result.stdout.count("done (2 iterations)") == 1  # rank 0 only

@@ -129,8 +129,8 @@ def test_a_cell_fine_tunes_from_another_cells_model(tmp_path: Path, params_dir: 
     assert "starting from cell voc-r50-os16's model" in trained.stdout
     said = trained.stdout.split("starting from", 1)[1].splitlines()[0]
     assert "re-initialised 4: classifier.classifier.weight ((5, 16, 1, 1) -> (3, 16, 1, 1))" in said
-    voc = torch.load(tmp_path / "results/smoke/voc-r50-os16/model.pt", weights_only=False)
-    pets = torch.load(tmp_path / "results/smoke/pets-r50-os16/model.pt", weights_only=False)
+    voc = torch.load(tmp_path / "results/smoke/voc-r50-os16/model.pt", weights_only=True)
+    pets = torch.load(tmp_path / "results/smoke/pets-r50-os16/model.pt", weights_only=True)
     assert pets["state_dict"]["classifier.classifier.weight"].shape[0] == 3
     assert pets["training"]["cell"]["init"] == "voc-r50-os16"  # on record: it is what the weights started from
     assert "init" not in voc["training"]["cell"]  # imagenet, the default, stays out of the record

@@ -114,7 +114,7 @@ def test_training_itself_warns_and_stops_when_asked_at_the_window_the_band_says(
         return
     import torch
     assert code == 1 and "stopped at iteration 5 (train.stop_when_diverging)" in capsys.readouterr().err
-    assert torch.load(project / cfg.files.checkpoint, weights_only=False)["iteration"] == 5
+    assert torch.load(project / cfg.files.checkpoint, weights_only=True)["iteration"] == 5
     assert not (project / cfg.files.model).exists() and run.info.status == "FAILED"
 
 

@@ -17,6 +17,7 @@ import pipeline.evaluate
 import pipeline.train
 from deeplab.checkpoint import FolderLock
 from deeplab.config import load_params
+from deeplab.errors import PipelineError
 from deeplab.schedule import build_optimizer, build_scheduler
 from deeplab.model import build_model
 from deeplab.train import State, save_checkpoint
@@ -41,7 +42,7 @@ def test_a_few_iterations_per_output_stride(project: Path, monkeypatch: pytest.M
     assert [int(r["iteration"]) for r in rows] == [1, 2, 3, 4]  # epochs 1 x floor(8 / 2)
     assert all(int(r["images"]) == 2 for r in rows) and float(rows[0]["lr"]) == 0.01
     assert float(rows[-1]["lr"]) < float(rows[0]["lr"])
-    saved = torch.load(cell_dir / "model.pt", weights_only=False)
+    saved = torch.load(cell_dir / "model.pt", weights_only=True)
     assert saved["iteration"] == 4 and saved["cell"] == cell
     assert yaml.safe_load((cell_dir / "config.yaml").read_text())["cell"]["id"] == cell
     assert not (cell_dir / "checkpoints" / "last.pt").exists()  # superseded by model.pt
@@ -69,8 +70,8 @@ def test_kill_and_resume_is_bit_identical(tmp_path: Path, params_dir: Path) -> N
         assert not (cell_dir / "model.pt").exists(), "the run ended before it could be interrupted"
         assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signal.SIGTERM), process.stderr.read()
     run_stage("train", "--cell", CELL, "--preset", "smoke", cwd=roots[1])
-    straight = torch.load(roots[0] / "results" / "smoke" / CELL / "model.pt", weights_only=False)["state_dict"]
-    resumed = torch.load(cell_dir / "model.pt", weights_only=False)["state_dict"]
+    straight = torch.load(roots[0] / "results" / "smoke" / CELL / "model.pt", weights_only=True)["state_dict"]
+    resumed = torch.load(cell_dir / "model.pt", weights_only=True)["state_dict"]
     assert straight.keys() == resumed.keys()
     assert [k for k in straight if not torch.equal(straight[k], resumed[k])] == []
     assert [int(r["iteration"]) for r in log_rows(cell_dir)] == list(range(1, 19))
@@ -219,7 +220,7 @@ def test_a_resume_under_other_versions_warns_naming_both(project: Path, monkeypa
     state = State(model, optimizer, build_scheduler(optimizer, 4, cfg.train), torch.amp.GradScaler("cpu", enabled=False), 2)
     checkpoint = project / cfg.files.checkpoint
     save_checkpoint(state, cfg, checkpoint)
-    saved = torch.load(checkpoint, weights_only=False)
+    saved = torch.load(checkpoint, weights_only=True)
     saved["environment"] = {**saved["environment"], "torch": "2.9.0+cu126", "cuda": "12.6"}
     torch.save(saved, checkpoint)
     with pytest.warns(RuntimeWarning, match=r"'torch': '2\.9\.0\+cu126'.*resumed under .*'torch': '" +
@@ -227,6 +228,37 @@ def test_a_resume_under_other_versions_warns_naming_both(project: Path, monkeypa
         assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
     assert (project / cfg.files.model).is_file()
 
+
+
+class Planted:
+    """An object a results folder shared with others could carry in a checkpoint: unpickling it runs code."""
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (print, ("code ran while loading",))
+
+
+def test_a_checkpoint_or_model_holding_a_pickled_object_is_refused(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    """Every file the project writes loads with weights_only=True (the checkpoint's RNG states too); one that
+    carries an object is refused by name before anything of it runs: on resume and where model.pt is read."""
+    monkeypatch.chdir(project)
+    cfg = load_params("params").resolve(CELL, "smoke")
+    model = build_model(cfg, torch.device("cpu"))
+    optimizer = build_optimizer(model, cfg.train)
+    state = State(model, optimizer, build_scheduler(optimizer, 4, cfg.train), torch.amp.GradScaler("cpu", enabled=False), 2)
+    checkpoint = project / cfg.files.checkpoint
+    save_checkpoint(state, cfg, checkpoint)
+    saved = torch.load(checkpoint, weights_only=True)  # what we write needs nothing else
+    torch.save({**saved, "extra": Planted()}, checkpoint)
+    assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 2
+    out = capsys.readouterr()
+    assert "code ran" not in out.out and f"{cfg.files.checkpoint}: refused" in out.err
+    checkpoint.unlink()
+    torch.save({"state_dict": model.state_dict(), "extra": Planted()}, project / cfg.files.model)
+    from deeplab.model import load_trained
+    with pytest.raises(PipelineError, match="refused: it holds objects"):
+        load_trained(cfg, project / cfg.files.model, torch.device("cpu"))
+    assert "code ran" not in capsys.readouterr().out
 
 # Modules of the training closure that hold declarations only (no function of theirs needs to run): their
 # constants and classes are what training uses of them.
