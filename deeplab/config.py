@@ -30,49 +30,66 @@ FOLDER_FROM_VOC = ("base_scale", "ratio_range", "crop_size", "cat_max_ratio", "b
 FOLDER_DEFAULTS = {"train_split": "train", "val_split": "val", "train_set_name": "train", "val_set_name": "val",
                    "expected_counts": None, "train_arrays": False}
 BACKBONES = ("r50", "r101")
-# The two records of a run. The training record holds every resolved setting that decides the trained
-# weights; the evaluation record holds the training record and every setting that decides the scores of
-# given weights. Each is hashed (CellConfig.training_digest / evaluation_digest): Snakemake's train_cell and
-# evaluate_cell params, DVC's per-stage params (generated from this table by pipeline.dvc_presets), the
-# model file's check in load_trained, the checkpoint's on resume and the table's stale mark all use them,
-# so an edit reruns exactly the jobs whose output it can change. Every field of every section is listed:
-# a field that is in neither record says why (tests/test_records.py fails on an unlisted one).
-TRAINING, EVALUATION = "training", "evaluation"
-NAMES = "names, files or registers the result"
-SPEED = "how fast or how often, not what, is computed"
-RECORDS: dict[str, dict[str, str]] = {
-    "cell": {"id": NAMES, "dataset": TRAINING, "backbone": TRAINING, "output_stride": TRAINING,
-             "reference_miou": "the paper's number the result is compared with", "in_seed_table": NAMES,
-             "gpus": TRAINING, "init": TRAINING},
-    "data": {"title": NAMES, "num_classes": TRAINING, "train_split": TRAINING, "val_split": EVALUATION,
-             "train_set_name": NAMES, "val_set_name": NAMES,
-             "expected_counts": "a check of the download; the pixels themselves are the prepared split's identity",
-             "base_scale": TRAINING, "ratio_range": TRAINING, "crop_size": TRAINING, "cat_max_ratio": TRAINING,
-             "batch_size": TRAINING, "epochs": TRAINING, "eval_scale": EVALUATION,
-             "train_arrays": "how the prepared pixels are stored, not which pixels",
+# The records. Every setting of a resolved config decides one thing, or nothing: the prepared data of its
+# dataset (the preparation record, one per dataset and preset), the trained weights (the training record) or
+# the scores of given weights (the evaluation record, which also holds the whole training record). Each record
+# is hashed and written as a small file (pipeline.records) that the DAG's jobs depend on, under Snakemake and
+# DVC alike; the model file's check in load_trained, the checkpoint's on resume and the table's stale mark use
+# the same digests, so an edit reruns exactly the jobs whose output it can change. Every field of every
+# section is listed with its kind and, as a field of its own, why (tests/test_records.py fails on an unlisted
+# field and on a kind that is not one of the four).
+PREPARATION, TRAINING, EVALUATION, NONE = "preparation", "training", "evaluation", "none"
+KINDS = (PREPARATION, TRAINING, EVALUATION, NONE)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """How one setting is recorded: ``kind`` (one of KINDS) and why."""
+
+    kind: Literal["preparation", "training", "evaluation", "none"]
+    why: str
+
+
+PIXELS = Setting(PREPARATION, "decides which pixels and labels the prepared dataset holds")
+WEIGHTS = Setting(TRAINING, "decides the trained weights")
+SCORES = Setting(EVALUATION, "decides the scores of given weights")
+NAMES = Setting(NONE, "names, files or registers the result")
+SPEED = Setting(NONE, "how fast or how often, not what, is computed")
+SPREAD = Setting(NONE, "how a batch is spread over GPUs and forward passes: the gradient is the same, and the "
+                       "images per BatchNorm statistic it gives are resolved when the run starts and kept with the "
+                       "run (checkpoint, model.pt, metrics.json, MLflow), where a resume holds them to it")
+CHECK = Setting(NONE, "a check that stops a stage; what it writes is unchanged")
+RECORDS: dict[str, dict[str, Setting]] = {
+    "cell": {"id": NAMES, "dataset": WEIGHTS, "backbone": WEIGHTS, "output_stride": WEIGHTS,
+             "reference_miou": Setting(NONE, "the paper's number the result is compared with"),
+             "in_seed_table": NAMES, "gpus": SPREAD,
+             "init": Setting(TRAINING, "the model training starts from (its parent's training digest is recorded "
+                                       "with it)")},
+    "data": {"title": NAMES, "num_classes": WEIGHTS, "train_split": WEIGHTS, "val_split": SCORES,
+             "train_set_name": NAMES, "val_set_name": NAMES, "expected_counts": CHECK,
+             "base_scale": WEIGHTS, "ratio_range": WEIGHTS, "crop_size": WEIGHTS, "cat_max_ratio": WEIGHTS,
+             "batch_size": WEIGHTS, "epochs": WEIGHTS, "eval_scale": SCORES,
+             "train_arrays": Setting(NONE, "how the prepared pixels are stored, not which pixels"),
              **dict.fromkeys(("layout", "source", "label_encoding", "label_values", "val_share", "split_seed"),
-                             "which pixels and labels are prepared: the prepared split, a file the training "
-                             "depends on, records them")},
-    "model": {"stem": TRAINING, "pretrained": TRAINING, "backbone_width": TRAINING, "aspp_channels": TRAINING,
-              "low_level_channels": TRAINING, "decoder_channels": TRAINING, "dropout": TRAINING,
-              "aux_channels": TRAINING},
-    "train": {"lr": TRAINING, "min_lr": TRAINING, "poly_power": TRAINING, "momentum": TRAINING,
-              "weight_decay": TRAINING, "aux_weight": TRAINING, "precision": TRAINING,
-              "device": "where it computes: a GPU's result is the recipe's, wherever it runs",
-              "channels_last": TRAINING, "checkpoint_every": SPEED, "log_every": SPEED, "system_metrics_every_s": SPEED, "val_every": SPEED,
-              "workers": SPEED, "seed": TRAINING, "deterministic": TRAINING, "reference_replicas": TRAINING,
-              "max_micro_batch": "gradient accumulation keeps the gradient (BatchNorm's batch is on record apart)",
-              "compile": SPEED, "stop_when_diverging": "stops a run; what it trains is unchanged",
-              "crop_tries": TRAINING, "flip_prob": TRAINING, "brightness_delta": TRAINING,
-              "contrast_range": TRAINING, "saturation_range": TRAINING, "hue_delta": TRAINING, "mean": TRAINING,
-              "std": TRAINING},
-    "evaluate": {"ms_ratios": EVALUATION, "ms_flip": EVALUATION, "max_workers": SPEED, "precision": EVALUATION},
+                             PIXELS)},
+    "model": dict.fromkeys(("stem", "pretrained", "backbone_width", "aspp_channels", "low_level_channels",
+                            "decoder_channels", "dropout", "aux_channels"), WEIGHTS),
+    "train": {**dict.fromkeys(("lr", "min_lr", "poly_power", "momentum", "weight_decay", "aux_weight", "seed",
+                               "reference_replicas", "crop_tries", "flip_prob", "brightness_delta", "contrast_range",
+                               "saturation_range", "hue_delta", "mean", "std"), WEIGHTS),
+              "precision": Setting(TRAINING, "the numerics of the step (auto is resolved when the run starts and "
+                                             "kept with the run, where a resume holds it to it)"),
+              "device": Setting(NONE, "where it computes: a GPU's result is the recipe's, wherever it runs"),
+              "channels_last": SPEED, "deterministic": SPEED, "compile": SPEED, "checkpoint_every": SPEED,
+              "log_every": SPEED, "system_metrics_every_s": SPEED, "val_every": SPEED, "workers": SPEED,
+              "max_micro_batch": SPREAD, "stop_when_diverging": CHECK},
+    "evaluate": {"ms_ratios": SCORES, "ms_flip": SCORES, "max_workers": SPEED, "precision": SCORES},
     "preset": {"name": NAMES, "data_dir": NAMES, "results_dir": NAMES, "experiment": NAMES,
-               "synthetic": "which archives: the prepared split's identity records it", "expect_official_counts":
-               "a check of the download", "readme": NAMES, "register_models": NAMES,
-               "schedule_must_match_reference": "a check against the reference's log",
-               "seeds": "which runs exist; each run's own seed is train.seed",
-               "overrides": "applied to the sections above, which the records hold"},
+               "synthetic": Setting(PREPARATION, "which archives are prepared: the official ones or built ones"),
+               "expect_official_counts": CHECK, "readme": NAMES, "register_models": NAMES,
+               "schedule_must_match_reference": CHECK,
+               "seeds": Setting(NONE, "which runs exist; each run's own seed is train.seed in its record"),
+               "overrides": Setting(NONE, "applied to the sections above, whose settings are classified there")},
 }
 # Settings added after runs were recorded: at this value (what every run before them trained under) they stay
 # out of the record, so adding them re-runs nothing that was already done; any other value is recorded.
@@ -332,6 +349,8 @@ class CellConfig:
     evaluate: EvalSettings
     preset: Preset
     extra_seed: bool = False  # True: one of the cell's further seeds, with files of its own (deeplab.paths)
+    parent_digest: str | None = None  # cells.<id>.init names a cell: that cell's training digest (a retrained
+    # parent, or one trained under other settings, changes this run's training record)
 
     @property
     def run_key(self) -> str:
@@ -391,8 +410,12 @@ class CellConfig:
         return _plain(self)
 
     def record(self, which: str) -> dict[str, Any]:
-        """The run's training or evaluation record (``which``: TRAINING or EVALUATION; see RECORDS)."""
-        return record(self.to_dict(), which)
+        """The run's training or evaluation record (``which``: TRAINING or EVALUATION; see RECORDS), with the
+        training digest of the model it starts from when that is another cell's."""
+        result = record(self.to_dict(), which)
+        if self.parent_digest is not None:
+            result["parent"] = {"cell": self.cell.init, "training_digest": self.parent_digest}
+        return result
 
     def training_digest(self) -> str:
         """sha256 of the training record: what decides the trained weights."""
@@ -448,7 +471,8 @@ class Params:
         if extra and seed not in self.seeds(cell_id, preset):
             raise UnknownName(f"seed {seed} is not one of cell {cell_id}'s seeds under preset {preset} "
                               f"({list(self.seeds(cell_id, preset))}; presets.{preset}.seeds in params/presets.yaml)")
-        return CellConfig(cell=cell, data=self.dataset(cell.dataset, preset),
+        parent = None if cell.init == "imagenet" else self.resolve(cell.init, preset).training_digest()
+        return CellConfig(cell=cell, data=self.dataset(cell.dataset, preset), parent_digest=parent,
                           model=self._section("model", self.model, chosen),
                           train=dataclasses.replace(train, seed=seed) if extra else train,
                           evaluate=self._section("evaluate", self.evaluate, chosen), preset=chosen, extra_seed=extra)
@@ -495,6 +519,12 @@ class Params:
     def model_settings(self, preset: str = "full") -> ModelSettings:
         """model.yaml with ``preset``'s overrides applied."""
         return self._section("model", self.model, self.preset(preset))
+
+    def preparation_record(self, name: str, preset: str = "full") -> dict[str, Any]:
+        """What decides dataset ``name``'s prepared pixels and labels under ``preset`` (RECORDS' preparation
+        settings): the prepare stage's record, which Snakemake and DVC rerun it on."""
+        doc = {"data": self.dataset(name, preset).to_dict(), "preset": _plain(self.preset(preset))}
+        return {"dataset": name, **record(doc, PREPARATION)}
 
     def dataset(self, name: str, preset: str = "full") -> DatasetRecipe:
         """The recipe of ``name`` with ``preset``'s overrides applied."""
@@ -591,11 +621,16 @@ def record(doc: Mapping[str, Any], which: str) -> dict[str, Any]:
 
 
 def record_of(section: str, key: str) -> set[str]:
-    """Which records a resolved setting is part of: {training, evaluation}, {evaluation} or none."""
+    """Which records a resolved setting is part of: {preparation}, {training, evaluation}, {evaluation} or
+    none. A kind that is not one of KINDS (a reason written where the kind goes) is an error, never "none"."""
     if key not in RECORDS.get(section, {}):
         raise KeyError(f"{section}.{key} is not classified in deeplab.config.RECORDS")
-    kind = RECORDS[section][key]
-    return {TRAINING, EVALUATION} if kind == TRAINING else {EVALUATION} if kind == EVALUATION else set()
+    kind = RECORDS[section][key].kind
+    if kind not in KINDS:
+        raise ValueError(f"deeplab.config.RECORDS: {section}.{key} has kind {kind!r}, not one of {', '.join(KINDS)} "
+                         "(the reason is Setting.why)")
+    return {PREPARATION: {PREPARATION}, TRAINING: {TRAINING, EVALUATION}, EVALUATION: {EVALUATION},
+            NONE: set()}[kind]
 
 
 def digest(doc: Mapping[str, Any]) -> str:
@@ -611,9 +646,9 @@ def record_changes(then: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
             section, _, name = key.partition(".")
-            field = name.split(".")[0]
-            which = TRAINING if field in RECORDS.get(section, {}) and TRAINING in record_of(section, field) \
-                else EVALUATION
+            field = name.split(".")[0]  # "parent": the training digest of the model the run starts from
+            which = EVALUATION if field in RECORDS.get(section, {}) and TRAINING not in record_of(section, field) \
+                else TRAINING
             lines.append(f"{key}: {old.get(key, '(absent)')} -> {new.get(key, '(absent)')} ({which} record)")
     return lines
 

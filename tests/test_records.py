@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from deeplab import config
-from deeplab.config import EVALUATION, RECORDS, TRAINING, CellConfig, digest, load_params, record, record_of
+from deeplab.config import (EVALUATION, KINDS, PREPARATION, RECORDS, TRAINING, CellConfig, Setting, digest, load_params,
+                            record, record_of)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTION_OF_FILE = {"model.yaml": "model", "train.yaml": "train", "evaluate.yaml": "evaluate"}
@@ -55,6 +56,19 @@ def test_records_classify_exactly_the_fields_of_a_resolved_config() -> None:
     assert set(RECORDS) == set(owners)
 
 
+def test_every_setting_has_one_kind_and_a_reason_of_its_own() -> None:
+    """One classification: each field's kind is one of the four and its reason a sentence beside it; a reason
+    written where the kind goes is an error naming the key, never a silent "in neither record"."""
+    for section, fields in RECORDS.items():
+        for key, setting in fields.items():
+            assert setting.kind in KINDS and len(setting.why) > 20, (section, key)
+    broken = {**RECORDS["train"], "lr": Setting("a plausible reason", "")}  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(RECORDS, "train", broken)
+        with pytest.raises(ValueError, match="train.lr has kind 'a plausible reason'"):
+            record_of("train", "lr")
+
+
 def test_every_params_key_changes_exactly_the_records_it_is_classified_in() -> None:
     """Each key in params/ (overrides too) is classified; setting it to another value in a resolved config
     changes the training digest iff it is a training setting, the evaluation digest iff it is in either."""
@@ -68,7 +82,7 @@ def test_every_params_key_changes_exactly_the_records_it_is_classified_in() -> N
         doc = run.to_dict()
         edited = copy.deepcopy(doc)
         edited[section][field] = ["an edited value"]
-        changed = {which for which in (TRAINING, EVALUATION)
+        changed = {which for which in (PREPARATION, TRAINING, EVALUATION)
                    if digest(record(edited, which)) != digest(record(doc, which))}
         assert changed == kinds, (file, ".".join(keys), changed, kinds)
         seen += 1
@@ -106,6 +120,11 @@ EDITS = {
     "train.log_every (smoke's override)": ("presets.yaml", r"log_every: 10", "log_every: 5", 0, 0),
     "evaluate.max_workers": ("evaluate.yaml", r"max_workers: 4", "max_workers: 2", 0, 0),
     "a cell's reference mIoU": ("cells.yaml", r"reference_miou: 77.43", "reference_miou: 77.5", 0, 0),
+    "train.deterministic toggled": ("train.yaml", r"deterministic: false", "deterministic: true", 0, 0),
+    "train.channels_last toggled": ("train.yaml", r"channels_last: true", "channels_last: false", 0, 0),
+    "train.max_micro_batch: 4": ("train.yaml", r"max_micro_batch: auto", "max_micro_batch: 4", 0, 0),
+    "a cell on 2 GPUs": ("cells.yaml", r"in_seed_table: true,  gpus: 1\}", "in_seed_table: true,  gpus: 2}", 0, 0),
+    "train.seed: 1": ("train.yaml", r"  seed: 0 ", "  seed: 1 ", 13, 13),
     "train.lr (smoke's override)": ("presets.yaml", r"lr: 0.05", "lr: 0.02", 13, 13),
     "VOC's crop (smoke's override)": ("presets.yaml", r"voc:        \{base_scale: \[64, 48\], crop_size: \[32, 32\]",
                                       "voc:        {base_scale: [64, 48], crop_size: [24, 24]", 5, 5),
@@ -135,3 +154,20 @@ def test_a_changed_setting_is_named_with_its_record(params_dir: Path) -> None:
                                         "train.lr: 0.01 -> 0.02 (training record)"]
     assert now.changes_since(None) == ["its metrics.json carries no records of the settings it was trained "
                                        "and scored under"]
+
+
+def test_a_fine_tuned_cell_records_its_parents_training(params_dir: Path) -> None:
+    """A cell that starts from another cell's model holds that cell's training digest in its training record:
+    the parent retrained under other settings (here VOC's epochs, which the child's ADE20k recipe does not
+    read) retrains the child; the child's own evaluation setting does not touch the parent."""
+    _edit(params_dir / "cells.yaml", r"(ade20k-r50-os16: +\{dataset: ade20k,.*gpus: 1)\}", r"\1, init: voc-r50-os16}")
+    before = load_params(params_dir).resolve("ade20k-r50-os16", "smoke")
+    parent = load_params(params_dir).resolve("voc-r50-os16", "smoke")
+    assert before.record(TRAINING)["parent"] == {"cell": "voc-r50-os16", "training_digest": parent.training_digest()}
+    _edit(params_dir / "presets.yaml", r"batch_size: 8, epochs: 10, eval_scale: \[64, 48\]\}",
+          "batch_size: 8, epochs: 12, eval_scale: [64, 48]}")
+    after = load_params(params_dir).resolve("ade20k-r50-os16", "smoke")
+    assert after.data == before.data and after.training_digest() != before.training_digest()
+    assert after.changes_since(before.records()) == [
+        f"parent.training_digest: {parent.training_digest()} -> "
+        f"{load_params(params_dir).resolve('voc-r50-os16', 'smoke').training_digest()} (training record)"]
