@@ -87,7 +87,8 @@ def score(cfg: CellConfig, chosen: list[Protocol], device: torch.device, predict
           tracker: Tracker) -> tuple[dict[str, Any], list[Path]]:
     started = time.perf_counter()
     spec = InputSpec.of(cfg, device)
-    model = load_trained(cfg, Path(cfg.files.model), device)
+    model = load_trained(cfg, Path(cfg.files.model), device,
+                         data_hash=manifest_hash(cfg.prepared_dir, cfg.data.train_split))
     if predictions_dir:
         Path(predictions_dir).mkdir(parents=True, exist_ok=True)
     scored, results, meta = score_split(cfg, model, spec, device, chosen, predictions_dir)
@@ -99,6 +100,9 @@ def score(cfg: CellConfig, chosen: list[Protocol], device: torch.device, predict
                              scored.samples, meta["palette"], curve)
     doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
                            precision_name(spec.dtype))
+    doc["training_computed"] = model.computed  # how it trained: precision, BatchNorm's images, from which iteration
+    if model.computed:
+        doc["training_precision"] = model.computed[-1]["precision"]
     training = Path(cfg.files.environment)
     doc["environment"] = {"evaluation": describe(device, Path.cwd() / LOCK),
                           "training": json.loads(training.read_text()) if training.is_file() else []}
@@ -233,6 +237,9 @@ def run_reference_evaluation(cfg: CellConfig, device: torch.device, source: str 
         raise
     doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
                            precision_name(spec.dtype))
+    doc["training_computed"] = model.computed  # how it trained: precision, BatchNorm's images, from which iteration
+    if model.computed:
+        doc["training_precision"] = model.computed[-1]["precision"]
     doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
     doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
     doc["batchnorm_images"] = cfg.reference_batchnorm_images  # the reference's own training, not a run of ours

@@ -171,8 +171,11 @@ def build_model(cfg: CellConfig, device: torch.device, weights: str | Path | Non
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
 
 
-def load_trained(cfg: CellConfig, path: Path, device: torch.device) -> DeepLabV3Plus:
-    """A trained model of the cell, in eval mode; refused when it was trained under another resolved config."""
+def load_trained(cfg: CellConfig, path: Path, device: torch.device, data_hash: str | None = None) -> DeepLabV3Plus:
+    """A trained model of the cell, in eval mode; refused when it was trained under another training record
+    than params/ gives now, or (``data_hash`` given: the prepared training split's identity now) on other data.
+    The model's ``computed`` attribute is how it was trained (precision, images per BatchNorm statistic, from
+    which iteration; deeplab.train.note_computing)."""
     if not path.is_file():
         raise ModelFileError(f"{path} not found: train the cell first (python -m pipeline.train --cell "
                            f"{cfg.cell.id} --preset {cfg.preset.name})")
@@ -182,8 +185,14 @@ def load_trained(cfg: CellConfig, path: Path, device: torch.device) -> DeepLabV3
         raise ModelFileError(f"{path} was trained under another training record than params/ gives now ("
                              + ("; ".join(differences) or "no record in the file") + "); retrain the run (delete "
                              "the file) or restore the params it was trained with")
+    if data_hash is not None and saved.get("data_hash") and saved["data_hash"] != data_hash:
+        raise ModelFileError(f"{path} was trained on other data than the prepared {cfg.cell.dataset} holds now "
+                             f"({cfg.prepared_dir} was re-prepared or edited since it trained: split "
+                             f"{cfg.data.train_split}'s identity {saved['data_hash'][:12]} -> {data_hash[:12]}); "
+                             f"retrain {cfg.run_name} (delete the file) or restore the data it was trained on")
     model = build_model(cfg, device)
     model.load_state_dict(saved["state_dict"])
+    model.computed = saved.get("computed", [])
     return model.eval()
 
 

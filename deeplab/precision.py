@@ -17,8 +17,23 @@ def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     if setting == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[setting]
+        return torch.bfloat16 if bf16_available(device) else torch.float16
+    return of_name(setting)
+
+
+def bf16_available(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 autocast: every CPU torch supports, a GPU that says so (Ampere and newer)."""
+    return device.type != "cuda" or torch.cuda.is_bf16_supported()
+
+
+def short_name(dtype: torch.dtype | None) -> str:
+    """The precision a run computed in, as the settings spell it: bf16, fp16 or fp32."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def of_name(name: str) -> torch.dtype | None:
+    """The autocast dtype of a precision name (bf16, fp16, fp32)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[name]
 
 
 def configure_backends(dtype: torch.dtype | None, deterministic: bool = False, benchmark: bool = True) -> None:

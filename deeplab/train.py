@@ -25,9 +25,10 @@ from torch.utils.data import DataLoader
 
 from deeplab import atomic
 from deeplab.autofit import CudaMemory, Memory, OutOfMemory, choose, smaller
-from deeplab.checkpoint import FolderLock, atomic_save, load_checkpoint, load_saved, rng_state, set_rng_state
+from deeplab.checkpoint import (CheckpointError, FolderLock, atomic_save, load_checkpoint, load_saved, rng_state,
+                               set_rng_state)
 from deeplab.config import TRAINING, CellConfig
-from deeplab.datasets import GlobalBatchSampler, TrainDataset, worker_init
+from deeplab.datasets import GlobalBatchSampler, TrainDataset, manifest_hash, worker_init
 from deeplab.distributed import Context, any_rank, barrier, sum_tensor
 from deeplab.environment import versions
 from deeplab.errors import PipelineError
@@ -35,7 +36,7 @@ from deeplab.losses import criterion, image_weights, valid_pixels
 from deeplab.memory import GIB, ModelShape, accumulation_steps, gpus_for_whole_batch, predicted_line
 from deeplab.model import build_model, take_trained
 from deeplab.paths import CellFiles
-from deeplab.precision import configure_backends, resolve_precision
+from deeplab.precision import bf16_available, configure_backends, of_name, resolve_precision, short_name
 from deeplab.schedule import build_optimizer, build_scheduler
 from deeplab.transforms import Augmentation, normalize, photometric_distortion, sample_seed
 
@@ -185,6 +186,8 @@ class State:
     scaler: torch.amp.GradScaler
     iteration: int = 0
     micro_batch: int = 0  # images per forward pass now (auto-fit, halved after an out-of-memory step)
+    data_hash: str = ""  # the prepared training split's identity (deeplab.datasets.manifest_hash)
+    computed: list[dict[str, Any]] = field(default_factory=list)  # how the run computes, from which iteration on
 
     def bare_model(self) -> nn.Module:
         """The model itself, without torch.compile's and DDP's wrappers (what checkpoints hold)."""
@@ -196,26 +199,98 @@ def save_checkpoint(state: State, cfg: CellConfig, path: Path) -> None:
     atomic_save({"model": state.bare_model().state_dict(), "optimizer": state.optimizer.state_dict(),
                  "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
                  "rng": rng_state(), "iteration": state.iteration, "environment": versions(),
-                 "digest": cfg.training_digest(), "config": cfg.record(TRAINING)}, path)
+                 "digest": cfg.training_digest(), "config": cfg.record(TRAINING), "data_hash": state.data_hash,
+                 "computed": state.computed}, path)
 
 
-def resume(state: State, cfg: CellConfig, path: Path) -> bool:
-    """Restore ``state`` from ``path`` if it exists (refused when made under another config)."""
+def read_checkpoint(path: Path, cfg: CellConfig, data_hash: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if there is one, refused when made under another training record or on
+    other prepared data than the cell's dataset holds now (``data_hash``), and warned about when written under
+    other torch/CUDA versions."""
     if not path.is_file():
-        return False
+        return None
     saved = load_checkpoint(path, cfg.training_digest(), cfg.record(TRAINING))
+    if saved.get("data_hash") and saved["data_hash"] != data_hash:  # (files of older versions: unknown)
+        raise CheckpointError(
+            f"{path} was trained on other data than the prepared {cfg.cell.dataset} holds now ({cfg.prepared_dir} "
+            f"was re-prepared or edited since: split {cfg.data.train_split}'s identity {saved['data_hash'][:12]} -> "
+            f"{data_hash[:12]}); its weights learnt from the old labels. Delete {path.parent} to train "
+            f"{cfg.run_name} on the data as it is now, or restore the data it was trained on")
     before, now = saved.get("environment"), versions()
     if before is not None and before != now:
         warnings.warn(f"{path} was written under {before} and is resumed under {now}: training goes on, but "
                       "a run resumed on other versions is not promised to equal an uninterrupted one",
                       RuntimeWarning, stacklevel=2)
+    return saved
+
+
+def restore(state: State, saved: dict[str, Any]) -> None:
+    """Put a checkpoint's (:func:`read_checkpoint`) state into ``state``."""
     state.bare_model().load_state_dict(saved["model"])
     state.optimizer.load_state_dict(saved["optimizer"])
     state.scheduler.load_state_dict(saved["scheduler"])
-    state.scaler.load_state_dict(saved["scaler"])
+    if state.scaler.is_enabled():  # fp16's loss scale; the held precision (held_precision) is the saved one
+        state.scaler.load_state_dict(saved["scaler"])
     set_rng_state(saved["rng"])
     state.iteration = saved["iteration"]
-    return True
+    state.computed = list(saved.get("computed", []))
+
+
+def held_precision(cfg: CellConfig, ctx: Context, saved: dict[str, Any] | None) -> torch.dtype | None:
+    """The autocast dtype this job trains in: ``train.precision`` resolved on this device, or, resuming, the
+    precision the checkpoint was trained in (``auto`` resolves by GPU, and a retry can land on another GPU
+    model). A saved precision this device cannot run is refused naming the setting, never half-resumed."""
+    now = resolve_precision(cfg.train.precision, ctx.device)
+    if not saved or not saved.get("computed"):
+        return now
+    then = saved["computed"][-1]["precision"]
+    if then == short_name(now):
+        return now
+    if then == "bf16" and not bf16_available(ctx.device):
+        raise CheckpointError(
+            f"{cfg.files.checkpoint} trained in bf16 up to iteration {saved['iteration']} (train.precision: "
+            f"{cfg.train.precision}), and this {ctx.device.type} device has no bf16; resuming in "
+            f"{short_name(now)} would change the recipe mid-run. Resume on a GPU with bf16 (Ampere or newer), or "
+            f"delete {Path(cfg.files.checkpoint).parent} to train {cfg.run_name} from the start in {short_name(now)}")
+    if ctx.is_main:
+        print(f"resuming in {then}, as the checkpoint was trained (train.precision: {cfg.train.precision} would "
+              f"choose {short_name(now)} on this device)", flush=True)
+    return of_name(then)
+
+
+def held_micro_batch(cfg: CellConfig, ctx: Context, saved: dict[str, Any]) -> int:
+    """Resuming: the micro-batch that gives the checkpoint's images per BatchNorm statistic on this job's
+    processes, so the statistics stay those of the run so far. Refused, naming the setting, where this many
+    GPUs cannot give them (the share per process is too small, or does not divide)."""
+    then = saved["computed"][-1]
+    processes = batchnorm_images(1, ctx)
+    share = cfg.share(ctx.world)
+    micro, rest = divmod(then["batchnorm_images"], processes)
+    if rest or not 0 < micro <= share or share % micro:
+        raise CheckpointError(
+            f"{cfg.files.checkpoint} trained with {then['batchnorm_images']} images per BatchNorm statistic (micro-"
+            f"batch {then['micro_batch']} on {then['processes']} process(es)); {ctx.world} process(es) with "
+            f"{share} images each cannot give that. Set params/cells.yaml {cfg.cell.id}.gpus back to "
+            f"{then['processes']} to resume, or delete {Path(cfg.files.checkpoint).parent} to train from the start")
+    if micro != then["micro_batch"] and ctx.is_main:
+        print(f"resuming with a micro-batch of {micro} on {ctx.world} process(es): {then['batchnorm_images']} images "
+              "per BatchNorm statistic, as the checkpoint trained", flush=True)
+    return micro
+
+
+def note_computing(state: State, ctx: Context, dtype: torch.dtype | None) -> None:
+    """Append how the run computes from this iteration on (precision, micro-batch, images per BatchNorm
+    statistic, processes) to ``state.computed`` when it differs from the last entry, and say so."""
+    entry = {"iteration": state.iteration, "precision": short_name(dtype), "micro_batch": state.micro_batch,
+             "batchnorm_images": batchnorm_images(state.micro_batch, ctx), "processes": ctx.world}
+    last = state.computed[-1] if state.computed else None
+    if last is None or {k: v for k, v in last.items() if k != "iteration"} != \
+            {k: v for k, v in entry.items() if k != "iteration"}:
+        state.computed.append(entry)
+        if ctx.is_main:
+            print(f"computing from iteration {state.iteration}: {entry['precision']}, micro-batch "
+                  f"{entry['micro_batch']}, {entry['batchnorm_images']} images per BatchNorm statistic, "
+                  f"{entry['processes']} process(es)", flush=True)
 
 
 @dataclass
@@ -384,6 +459,7 @@ def run_iterations(state: State, loader_for: Callable[[int, int], DataLoader], c
             except torch.OutOfMemoryError:
                 del micro
                 state.micro_batch = _after_oom(state, cfg, ctx)  # raises under DDP
+                note_computing(state, ctx, dtype)  # the statistics change here: on record, with the iteration
                 backup.restore()
                 accumulation = cfg.share(ctx.world) // state.micro_batch
                 batches = iter(loader_for(state.iteration, state.micro_batch))
@@ -426,22 +502,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int) -> None:
-    """``model.pt``: the trained weights (``state_dict``) and what they are; written last, atomically."""
+def save_final(model: nn.Module, cfg: CellConfig, path: Path, iteration: int, data_hash: str = "",
+               computed: list[dict[str, Any]] | None = None) -> None:
+    """``model.pt``: the trained weights (``state_dict``) and what they are (the training record, the data's
+    identity, how it computed); written last, atomically."""
     atomic_save({"state_dict": model.state_dict(), "cell": cfg.cell.id, "digest": cfg.training_digest(),
-                 "training": cfg.record(TRAINING), "config": cfg.to_dict(), "iteration": iteration}, path)
+                 "training": cfg.record(TRAINING), "config": cfg.to_dict(), "iteration": iteration,
+                 "data_hash": data_hash, "computed": computed or []}, path)
 
 
 def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path | None = None, start: str | Path | None = None,
           on_metrics: Logger = lambda m, s: None, on_validate: Callable[[nn.Module, int], None] = lambda model, it: None,
-          memory: Memory | None = None, stop_reason: Callable[[], str | None] = lambda: None) -> Path:
+          memory: Memory | None = None, stop_reason: Callable[[], str | None] = lambda: None,
+          on_computing: Callable[[list[dict[str, Any]]], None] = lambda computed: None) -> Path:
     """Train one run into its files (``cfg.files``, from the prepared data at ``cfg.prepared_dir``), resuming
     from its checkpoint if present; return the path of the final model. ``on_metrics`` / ``on_validate`` are called on every rank at log / val points. The caller
     holds the cell's lock (:func:`cell_lock`), so no second copy writes the same files. ``weights``: the
-    backbone's ImageNet checkpoint; ``start``: instead, another cell's model.pt to fine-tune from."""
+    backbone's ImageNet checkpoint; ``start``: instead, another cell's model.pt to fine-tune from.
+    ``on_computing`` gets how the run computes (:func:`note_computing`'s entries) once it has started."""
     files = cfg.files
     checkpoint = Path(files.checkpoint)
-    dtype = resolve_precision(cfg.train.precision, ctx.device)
+    data_hash = manifest_hash(cfg.prepared_dir, cfg.data.train_split)
+    saved = read_checkpoint(checkpoint, cfg, data_hash)
+    dtype = held_precision(cfg, ctx, saved)
     configure_backends(dtype, deterministic=cfg.train.deterministic)
     seed_everything(cfg.train.seed)
     model = build_model(cfg, ctx.device, weights, ctx.distributed)
@@ -452,9 +535,11 @@ def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path 
                   + (f"re-initialised {len(fresh)}: {', '.join(fresh)}" if fresh else "re-initialised none"), flush=True)
     optimizer = build_optimizer(model, cfg.train)
     state = State(model, optimizer, build_scheduler(optimizer, max_iters, cfg.train),
-                  torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16))
-    if resume(state, cfg, checkpoint) and ctx.is_main:
-        print(f"resuming from {checkpoint} at iteration {state.iteration} of {max_iters}", flush=True)
+                  torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16), data_hash=data_hash)
+    if saved is not None:
+        restore(state, saved)
+        if ctx.is_main:
+            print(f"resuming from {checkpoint} at iteration {state.iteration} of {max_iters}", flush=True)
     if ctx.distributed:
         state.model = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda"
                                               else None)
@@ -463,13 +548,17 @@ def train(cfg: CellConfig, ctx: Context, *, max_iters: int, weights: str | Path 
     log = TrainLog(Path(files.train_log), enabled=ctx.is_main)
     log.open(state.iteration)
     state.model.train()
-    state.micro_batch = micro_batch_for(cfg, ctx, state.bare_model(), dtype, memory)
+    state.micro_batch = held_micro_batch(cfg, ctx, saved) if state.computed else \
+        micro_batch_for(cfg, ctx, state.bare_model(), dtype, memory)
+    note_computing(state, ctx, dtype)
+    on_computing(state.computed)
     run_iterations(state, lambda start, micro: make_loader(cfg, ctx, start, max_iters, micro), cfg, ctx,
                    max_iters, checkpoint, log, on_metrics, lambda it: _validate(state, on_validate, it), dtype,
                    stop_reason)
+    on_computing(state.computed)  # again: an out-of-memory retry may have changed it
     final = Path(files.model)
     if ctx.is_main:
-        save_final(state.bare_model(), cfg, final, state.iteration)
+        save_final(state.bare_model(), cfg, final, state.iteration, data_hash, state.computed)
         checkpoint.unlink(missing_ok=True)  # the final weights supersede it; checkpoints are large
     barrier(ctx)
     return final

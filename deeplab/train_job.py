@@ -130,7 +130,8 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
         yardstick(metrics, iteration)
     try:
         final = train(cfg, ctx, max_iters=max_iters, weights=weights, start=cfg.start_model, on_metrics=on_metrics,
-                      on_validate=validator(cfg, ctx, tracker), stop_reason=yardstick.stop_reason)
+                      on_validate=validator(cfg, ctx, tracker), stop_reason=yardstick.stop_reason,
+                      on_computing=lambda computed: tracker.set_tags(computing_tags(computed)))
     except Interrupted:
         tracker.end("KILLED")
         raise
@@ -141,6 +142,14 @@ def _train_locked(cfg: CellConfig, ctx: distributed.Context) -> tuple[Path, int]
         tracker.log_artifact(path)
     tracker.end("FINISHED")
     return final, max_iters
+
+
+def computing_tags(computed: list[dict[str, Any]]) -> dict[str, str]:
+    """How a run trains, as MLflow tags: its precision and the fewest images per BatchNorm statistic (an
+    out-of-memory retry can lower them mid-run), and every change with its iteration."""
+    return {"train_precision": ",".join(dict.fromkeys(entry["precision"] for entry in computed)),
+            "batchnorm_images": str(min(entry["batchnorm_images"] for entry in computed)),
+            "computed": json.dumps(computed)}
 
 
 def reference_schedule(cfg: CellConfig, max_iters: int) -> bool:
