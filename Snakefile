@@ -9,11 +9,14 @@
 import math
 import re
 import sys
+from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)  # the checkout's own deeplab/, also when not pip-installed
 from deeplab.budget import estimated_gpu_hours
-from deeplab.config import BACKBONES, DATASETS, load_params
+from deeplab.codedeps import stage_code
+from deeplab.config import BACKBONES, DATASETS, digest, load_params
 from deeplab.data.folder import source_files
+from deeplab.records import records, write_records
 
 PRESET = str(config.get("preset", "full"))
 PARAMS_DIR = str(config.get("params", "params"))
@@ -27,6 +30,25 @@ OWN = PARAMS.own_datasets
 RUNS = {run.run_key: run for run in PARAMS.runs(PRESET)}  # "<cell>", or "<cell>/seed<k>" for further seeds
 PY = sys.executable  # the interpreter running Snakemake: the project's venv, also on cluster nodes
 STAGE_ARGS = f"--preset {PRESET} --params {PARAMS_DIR}"
+# What decides each job's output: its record (deeplab/records.py), the same files DVC's records stage writes,
+# rewritten here only where their content changed. A job takes its record's digest as a param (Snakemake
+# reruns it when that changes: an edit reruns exactly the jobs it can change, whatever else params/ holds)
+# and its record file as an input that exists (ancient: the digest, not the file's time, decides).
+RECORDS = records(PARAMS, PRESET)
+write_records(PARAMS, PRESET)
+
+
+def record(kind, name):
+    """A job's record file (ancient) and its digest: ``record(...)[0]`` is the input, ``[1]`` the param."""
+    path = PATHS.record(kind, name)
+    return ancient(path), digest(RECORDS[path])
+
+
+# The code a job's outputs follow from (deeplab/codedeps.py): its numerics modules, not the bookkeeping ones
+# (names, paths, errors, validation). Snakemake judges them by time: an edit reruns the jobs; to accept one
+# that changes no number, `snakemake --touch` marks their outputs as up to date.
+CODE = {name: stage_code([f"pipeline.{name}"], Path(workflow.basedir)) for name in ("prepare", "store_arrays",
+                                                                                     "train", "evaluate")}
 
 def doctor_scope():
     """The doctor's --cell/--dataset arguments for the jobs this DAG is about to run: the cells of its
@@ -98,8 +120,7 @@ def train_minutes(wildcards):
 
 def run_args(wildcards):
     """The stage arguments naming one run: its cell and seed."""
-    run = RUNS[wildcards.run]
-    return f"--cell {run.cell.id} --seed {run.train.seed}"
+    return RUNS[wildcards.run].stage_args
 
 
 rule all:
@@ -131,9 +152,13 @@ rule download_reference_log:  # the yardstick: the reference's training log of a
 
 rule prepare_dataset:
     wildcard_constraints: dataset="|".join(DATASETS)
-    input: manifest=rules.download_dataset.output.manifest
+    input:
+        manifest=rules.download_dataset.output.manifest,
+        record=lambda w: record("prepare", w.dataset)[0],
+        code=CODE["prepare"],
     output: meta=PATHS.prepared_meta("{dataset}")
     log: PATHS.log("prepare_dataset", "{dataset}")
+    params: preparation_record=lambda w: record("prepare", w.dataset)[1]  # e.g. synthetic: another preparation
     threads: 2
     resources: mem_mb=8000, runtime=4 * 60
     shell: "{PY} -m pipeline.prepare --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
@@ -141,22 +166,27 @@ rule prepare_dataset:
 
 rule prepare_folder:  # a dataset of your own: its folder's every file is an input, so an edit there re-prepares
     wildcard_constraints: dataset="|".join(map(re.escape, OWN)) or "(?!)"
-    input: lambda w: source_files(PARAMS.dataset(w.dataset, PRESET).source)
+    input:
+        files=lambda w: source_files(PARAMS.dataset(w.dataset, PRESET).source),
+        record=lambda w: record("prepare", w.dataset)[0],
+        code=CODE["prepare"],
     output: meta=PATHS.prepared_meta("{dataset}")
     log: PATHS.log("prepare_dataset", "{dataset}")
-    params:  # how its masks are read and its split drawn: an edit re-prepares it
-        reading=lambda w: {key: PARAMS.dataset(w.dataset, PRESET).to_dict()[key] for key in
-                           ("source", "num_classes", "label_encoding", "label_values", "val_share", "split_seed")},
+    params:  # how its masks are read and its split drawn (its preparation record): an edit re-prepares it
+        preparation_record=lambda w: record("prepare", w.dataset)[1],
     threads: 2
     resources: mem_mb=8000, runtime=4 * 60
     shell: "{PY} -m pipeline.prepare --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
 
 
 rule store_arrays:  # the training pairs as arrays, or none (train_arrays): a storage format, in a folder of its own
-    input: meta=rules.prepare_dataset.output.meta
+    input:
+        meta=rules.prepare_dataset.output.meta,
+        record=lambda w: record("arrays", w.dataset)[0],
+        code=CODE["store_arrays"],
     output: source=PATHS.arrays_source("{dataset}")
     log: PATHS.log("store_arrays", "{dataset}")
-    params: arrays=lambda w: PARAMS.dataset(w.dataset, PRESET).train_arrays  # toggled: this rule reruns, no training
+    params: arrays_record=lambda w: record("arrays", w.dataset)[1]  # train_arrays toggled: this reruns, no training
     threads: 2
     resources: mem_mb=8000, runtime=4 * 60
     shell: "{PY} -m pipeline.store_arrays --dataset {wildcards.dataset} {STAGE_ARGS} > {log} 2>&1"
@@ -176,10 +206,12 @@ rule train_cell:  # one job per training run: a cell, or a further seed of it
         weights=weights_for,
         reference_log=reference_log_for,
         tracking=ancient(rules.init_tracking.output.store),  # order only: a re-made store retrains nothing
+        record=lambda w: record("train", w.run)[0],
+        code=CODE["train"],
     output: model=PATHS.run("{run}").model  # written last; the training log and config beside it
     log: PATHS.log("train_cell", "{run}")
     params:
-        training_record=lambda w: RUNS[w.run].training_digest(),  # an edit of what decides the weights retrains
+        training_record=lambda w: record("train", w.run)[1],  # an edit of what decides the weights retrains
         # the runs it changes; nothing else (naming, folders, evaluation, speed) does: deeplab.config.RECORDS
         cell=lambda w: RUNS[w.run].cell.id,
         run=run_args,
@@ -198,6 +230,8 @@ rule evaluate_cell:
         model=rules.train_cell.output.model,
         meta=lambda w: PATHS.prepared_meta(RUNS[w.run].cell.dataset),
         tracking=ancient(rules.init_tracking.output.store),
+        record=lambda w: record("evaluate", w.run)[0],
+        code=CODE["evaluate"],
     output:  # the pictures go into `snakemake --report report.html`, one subcategory per run
         metrics=PATHS.run("{run}").metrics,
         scores=PATHS.run("{run}").scores,
@@ -208,7 +242,7 @@ rule evaluate_cell:
                                  ("predictions", "predictions"))},
     log: PATHS.log("evaluate_cell", "{run}")
     params:
-        evaluation_record=lambda w: RUNS[w.run].evaluation_digest(),  # an evaluation setting re-scores, never retrains
+        evaluation_record=lambda w: record("evaluate", w.run)[1],  # an evaluation setting re-scores, never retrains
         run=run_args,
     threads: lambda w: RUNS[w.run].train.workers + 1  # as training: loader workers + the main process
     resources: gpu=1, mem_mb=16000, runtime=2 * 60

@@ -323,7 +323,7 @@ class Preset:
     readme: bool  # its results and memory plan are README.md's tables (one preset at most)
     register_models: bool  # evaluation registers each cell's model in MLflow's registry
     schedule_must_match_reference: bool  # a schedule of another length than the reference's log is an error
-    seeds: Mapping[str, tuple[int, ...]]  # cell -> seeds to train; a cell not listed trains train.seed only
+    seeds: Mapping[str, tuple[int, ...]]  # cell -> its seeds (the first in the cell's folder); unlisted: train.seed
     overrides: Mapping[str, Any]
 
     def check(self) -> dict[str, str]:
@@ -361,6 +361,12 @@ class CellConfig:
     def files(self) -> CellFiles:
         """This run's files under its preset: the cell's folder, or its seed's folder for further seeds."""
         return self.preset.paths.run(self.run_key)
+
+    @property
+    def stage_args(self) -> str:
+        """The stage arguments naming this run: its cell, and its seed where it is a further one (a first seed's
+        run takes the cell's first seed: so the DAG's command lines do not change with train.seed)."""
+        return f"--cell {self.cell.id}" + (f" --seed {self.train.seed}" if self.extra_seed else "")
 
     @property
     def run_name(self) -> str:
@@ -461,21 +467,23 @@ class Params:
         return self.only([cell_id for cell_id, cell in self.cells.items() if cell.in_paper])
 
     def resolve(self, cell_id: str, preset: str = "full", seed: int | None = None) -> CellConfig:
-        """The recipe of one run: ``cell_id`` under ``preset``, with ``seed`` (default: train.seed)."""
+        """The recipe of one run: ``cell_id`` under ``preset``, with ``seed`` (default: the cell's first seed,
+        :meth:`seeds`). The first seed's run is the cell's own folder; each further one has a folder of its own."""
         if cell_id not in self.cells:
             raise UnknownName(f"unknown cell '{cell_id}'; known cells: {', '.join(self.cells)}")
         chosen = self.preset(preset)
         cell = self.cells[cell_id]
-        train = self._section("train", self.train, chosen)
-        extra = seed is not None and seed != train.seed
-        if extra and seed not in self.seeds(cell_id, preset):
+        seeds = self.seeds(cell_id, preset)
+        if seed is not None and seed not in seeds:
             raise UnknownName(f"seed {seed} is not one of cell {cell_id}'s seeds under preset {preset} "
-                              f"({list(self.seeds(cell_id, preset))}; presets.{preset}.seeds in params/presets.yaml)")
+                              f"({list(seeds)}; presets.{preset}.seeds in params/presets.yaml)")
+        seed = seeds[0] if seed is None else seed
+        train = dataclasses.replace(self._section("train", self.train, chosen), seed=seed)
         parent = None if cell.init == "imagenet" else self.resolve(cell.init, preset).training_digest()
         return CellConfig(cell=cell, data=self.dataset(cell.dataset, preset), parent_digest=parent,
-                          model=self._section("model", self.model, chosen),
-                          train=dataclasses.replace(train, seed=seed) if extra else train,
-                          evaluate=self._section("evaluate", self.evaluate, chosen), preset=chosen, extra_seed=extra)
+                          model=self._section("model", self.model, chosen), train=train,
+                          evaluate=self._section("evaluate", self.evaluate, chosen), preset=chosen,
+                          extra_seed=seed != seeds[0])
 
     def resolve_reference(self, cell_id: str, preset: str = "full") -> CellConfig:
         """What the reference's released weights of ``cell_id`` are scored under: the cell on ``preset``'s
@@ -489,7 +497,8 @@ class Params:
                                    evaluate=dataclasses.replace(cfg.evaluate, precision="fp32"))
 
     def seeds(self, cell_id: str, preset: str = "full") -> tuple[int, ...]:
-        """The seeds ``cell_id`` trains with under ``preset`` (its train.seed unless the preset lists more)."""
+        """The seeds ``cell_id`` trains with under ``preset``: those the preset lists for it, else train.seed. So
+        which runs exist (and their folders) follows from cells.yaml and presets.yaml alone, never train.seed."""
         chosen = self.preset(preset)
         return chosen.seeds.get(cell_id) or (self._section("train", self.train, chosen).seed,)
 

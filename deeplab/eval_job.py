@@ -237,9 +237,6 @@ def run_reference_evaluation(cfg: CellConfig, device: torch.device, source: str 
         raise
     doc = metrics_document(cfg, results, scored.images, time.perf_counter() - started, tracker.wait_run_id(),
                            precision_name(spec.dtype))
-    doc["training_computed"] = model.computed  # how it trained: precision, BatchNorm's images, from which iteration
-    if model.computed:
-        doc["training_precision"] = model.computed[-1]["precision"]
     doc["checkpoint"] = {"file": checkpoint.name, **reference.pin(Path(paths.reference_dir()), checkpoint.name)}
     doc["diff"] = round(doc["mIoU"] - cfg.cell.reference_miou, 4)
     doc["batchnorm_images"] = cfg.reference_batchnorm_images  # the reference's own training, not a run of ours

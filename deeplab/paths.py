@@ -17,6 +17,7 @@ Layout, relative to the project root::
     <results_dir>/<cell>/seeds.json      a cell trained with several seeds: their number, mean and std
     <results_dir>/reference/<cell>/      our evaluation of the reference's weights (CellFiles), its log parsed
     <results_dir>/reference.md           the reference's published mIoU against our evaluation of its weights
+    <results_dir>/records/<kind>/<name>.json   what decides each stage's output (deeplab.records), one file a job
     <results_dir>/table.md, summary.csv, per_class_iou.csv, memory_plan.json, mlflow.json
     logs/<preset>/<rule>/...             Snakemake's per-job logs
 """
@@ -176,9 +177,14 @@ class Paths:
         """Written by init_tracking: the MLflow store's URI and the experiment id."""
         return f"{self.results_dir}/mlflow.json"
 
-    def dvc_sync(self) -> str:
-        """Written by DVC's first stage once its pipeline matches params/ (constant: an order-only input)."""
-        return f"{self.results_dir}/dvc_pipeline.txt"
+    def records_dir(self) -> str:
+        """The records of every run and dataset (deeplab.records): the one folder DVC's records stage writes."""
+        return f"{self.results_dir}/records"
+
+    def record(self, kind: str, name: str) -> str:
+        """The record file of ``kind`` (prepare, arrays, train, evaluate) of a dataset or run ``name`` (a run key:
+        ``<cell>`` or ``<cell>/seed<k>``), which the stage of that kind depends on."""
+        return f"{self.records_dir()}/{kind}/{name}.json"
 
     def table(self) -> str:
         """The results tables in markdown."""

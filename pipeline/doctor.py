@@ -5,7 +5,9 @@
 Checks (deeplab.doctor): the GPUs against train.device and the driver this torch build needs; per cell,
 whether its memory plan fits this GPU (micro-batch x accumulation, images per BatchNorm statistic, the
 evaluation's peak); free disk; each dataset's state; Cityscapes' credentials or placed archives; the
-MLflow store; the results folder; the installed packages against requirements.lock. Each line is OK, WARN
+MLflow store; the results folder; the installed packages against requirements.lock; whether the preset's DVC
+pipeline lists what params/ gives (pipeline.dvc_presets: a cell or seed added without regenerating it). Each
+line is OK, WARN
 (the run goes, the line says what it costs) or FAIL (the fix). Nothing is downloaded or computed: seconds.
 Exit codes: 0 nothing blocks, 1 a check failed. Snakemake runs it when a DAG starts (``onstart``), with
 ``--gpus-elsewhere`` under a cluster executor, whose jobs check their own GPUs, and with the cells (and
@@ -16,10 +18,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from deeplab.config import UnknownName
-from deeplab.doctor import run_checks
+from deeplab.config import Params, UnknownName
+from deeplab.doctor import Check, run_checks
+from deeplab.errors import PipelineError
 from deeplab.tracking import default_tracking_uri
-from pipeline import stage
+from pipeline import dvc_presets, stage
+
+
+def dvc_check(params: Params, preset: str) -> Check:
+    """Whether the preset's DVC pipeline is current (a WARN: Snakemake does not read it; `dvc repro` would stop
+    at its records stage)."""
+    path = dvc_presets.pipeline_of(preset)
+    if not dvc_presets.PIPELINE.is_file() or not path.is_file():
+        return Check("OK", "dvc pipeline", f"no {path} here: nothing to check")
+    try:
+        problems = dvc_presets.stale(params, only=[path])
+    except PipelineError as error:  # a hand edit that generating cannot fix
+        problems = [str(error)]
+    if problems:
+        return Check("WARN", "dvc pipeline", f"{path} does not list what params/ gives (a cell, seed or dataset "
+                                             "added?): run `python -m pipeline.dvc_presets` before `dvc repro`")
+    return Check("OK", "dvc pipeline", f"{path} lists every run and dataset of params/")
 
 
 def names(text: str) -> list[str]:
@@ -48,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         checks = run_checks(params, args.preset, default_tracking_uri(Path.cwd()), args.gpus_elsewhere,
                             progress=lambda check: print(check.line(), flush=True), cells=args.cells,
                             datasets=args.datasets)
+        checks.append(dvc_check(params, args.preset))
+        print(checks[-1].line(), flush=True)
         failed = [check for check in checks if check.status == "FAIL"]
         warned = sum(check.status == "WARN" for check in checks)
         if failed:

@@ -76,7 +76,7 @@ def test_smoke_dry_run_stays_inside_the_smoke_folders(checkout: Path) -> None:
     assert runs == set(PARAMS.cells) | {"voc-r50-os16/seed1"} and len(_job_blocks(out, "download_weights")) == 2
     (seed1,) = [b for b in _job_blocks(out, "train_cell") if "run=voc-r50-os16/seed1" in b]
     assert "-m pipeline.train --cell voc-r50-os16 --seed 1 --preset smoke" in seed1
-    paths = set(re.findall(r"(?:data|results|logs)/[\w./-]+", out)) - {"results/smoke"}  # make_table's wildcard
+    paths = set(re.findall(r"(?<![\w/])(?:data|results|logs)/[\w./-]+", out)) - {"results/smoke"}  # make_table's wildcard
     assert paths and all(p.startswith(("data/smoke/", "results/smoke/", "logs/smoke/")) for p in paths), paths
 
 
@@ -100,7 +100,7 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
     stages = _dvc_stages(checkout)
     full = {name: s for name, s in stages.items() if "/" not in name.split(":")[0]}
     counts = Counter(name.split("@")[0] for name in full)
-    assert counts == {"sync_pipeline": 1, "download_dataset": 3, "download_weights": 2, "prepare_dataset": 3,
+    assert counts == {"records": 1, "download_dataset": 3, "download_weights": 2, "prepare_dataset": 3,
                       "store_arrays": 3, "download_reference_log": 12, "init_tracking": 1, "train_cell": 12,
                       "evaluate_cell": 12, "make_table": 1}  # no dataset of your own: no prepare_folder stage
     # the reference's weights: a pipeline of their own (a plain `dvc repro` never downloads them), run from the root
@@ -109,18 +109,19 @@ def test_dvc_has_the_same_stages_and_exact_params_keys(checkout: Path) -> None:
     assert Counter(name.split("@")[0] for name in reference) == {"reference_eval": 12, "reference_table": 1}
     assert all(s.wdir == str(checkout) for s in reference.values())
     assert "-m pipeline.reference_eval --cell ade20k-r101-os8 --preset full" in reference["reference_eval@ade20k-r101-os8"].cmd
+    bookkeeping = {"deeplab/config.py", "deeplab/errors.py", "deeplab/paths.py", "deeplab/jobs.py"}
     for name, stage in full.items():
+        if name.startswith(("train_cell@", "evaluate_cell@", "prepare_dataset@", "store_arrays@")):
+            kind, key = {"train_cell": "train", "evaluate_cell": "evaluate", "prepare_dataset": "prepare",
+                         "store_arrays": "arrays"}[name.split("@")[0]], name.split("@")[1]
+            deps = {dep.def_path for dep in stage.deps}
+            assert f"results/records/{kind}/{key}.json" in deps, name  # what decides its output: its record
+            assert not _params(stage) and not deps & bookkeeping, name  # no params list, no bookkeeping code
         if name.startswith(("train_cell@", "evaluate_cell@")):
             cell = name.split("@")[1]
-            dataset = PARAMS.cells[cell].dataset
-            assert f"--cell {cell} --seed {PARAMS.train.seed} --preset full" in stage.cmd
-            dataset_keys = _params(stage)["params/datasets.yaml"]
-            assert all(key.split(".")[0] == dataset for key in dataset_keys), (name, dataset_keys)
+            assert f"--cell {cell} --preset full" in stage.cmd  # a first seed: train.seed edits keep the command
         if name.startswith("train_cell@"):
-            assert _params(stage)["params/cells.yaml"] == [f"cells.{cell}.{key}" for key in
-                                                           ("dataset", "backbone", "output_stride", "gpus")]
-            assert "train.workers" not in _params(stage)["params/train.yaml"]  # speed, not the weights
-            assert "params/evaluate.yaml" not in _params(stage)
+            assert {d.def_path for d in stage.deps} >= {"deeplab/model.py", "deeplab/train.py", "deeplab/losses.py"}
             assert {o.def_path for o in stage.outs} >= {f"results/{cell}/model.pt", f"results/{cell}/train_log.csv"}
             log = next(o for o in stage.outs if o.def_path.endswith("train_log.csv"))
             assert log.plot and log.persist and not log.use_cache  # kept for a resumed run, in git
@@ -147,8 +148,7 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     paths = PARAMS.preset("smoke").paths
     for name, stage in ((n, s) for n, s in smoke.items() if n in full):
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
-        assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke").replace(
-            "--sync results/", "--sync results/smoke/"), name
+        assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke"), name
     # the smoke preset compares with no reference: it fetches no reference log
     assert set(smoke) == {name for name in full if not name.startswith("download_reference_log@")} \
         | {"train_cell@voc-r50-os16-seed1", "evaluate_cell@voc-r50-os16-seed1"}
@@ -202,17 +202,20 @@ def test_code_deps_are_the_modules_each_stage_imports(tmp_path: Path) -> None:
     assert "deeplab/plots.py" in {d.def_path for d in stages["smoke/dvc.yaml:train_cell@voc-r50-os8"].deps}
     assert "deeplab/plots.py" not in {d.def_path for d in stages["prepare_dataset@voc"].deps}
     pipeline = checkout / "dvc.yaml"
-    pipeline.write_text(pipeline.read_text().replace("        - deeplab/config.py\n", "", 1))
+    pipeline.write_text(pipeline.read_text().replace("        - deeplab/model.py\n", "", 1))
     removed = subprocess.run(check, cwd=checkout, capture_output=True, text=True, env=env)
-    assert removed.returncode == 1 and "code deps miss deeplab/config.py" in removed.stderr, removed.stderr
+    assert removed.returncode == 1 and "code deps miss deeplab/model.py" in removed.stderr, removed.stderr
 
 
 def test_dvc_status_follows_the_code_each_stage_runs(tmp_path: Path) -> None:
-    """With every smoke stage recorded (stand-in outputs, `dvc commit -f`; nothing trained), an edit of
-    deeplab/config.py marks the training stages; an edit of the plotting code marks the evaluations and
-    no training stage."""
+    """With every smoke stage recorded (stand-in outputs, `dvc commit -f`; nothing trained), an edit of a
+    numerics module marks the stages that run it; one of a bookkeeping module (params' validation, file names,
+    error messages, a job's MLflow run) marks only the records stage and the table, no training, evaluation
+    or preparation; an edit of the plotting code marks the evaluations alone."""
     checkout = copy_checkout(tmp_path / "copy")
     stages = {name: s for name, s in _dvc_stages(checkout).items() if name.startswith("smoke/")}
+    subprocess.run([sys.executable, "-m", "pipeline.records", "--preset", "smoke"], cwd=checkout, check=True,
+                   env=_env(), capture_output=True)  # the records stage's own output: the real records
     for stage in stages.values():
         for out in stage.outs:
             path = checkout / out.def_path
@@ -226,6 +229,7 @@ def test_dvc_status_follows_the_code_each_stage_runs(tmp_path: Path) -> None:
         for dep in stage.deps:
             path = checkout / dep.def_path
             if type(dep).__name__ != "ParamsDependency" and Path(dep.def_path).suffix and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(f"stand-in for {dep.def_path}\n")
     run_tool(["dvc", "commit", "-f", "smoke/dvc.yaml"], checkout, timeout=300)
 
@@ -237,8 +241,10 @@ def test_dvc_status_follows_the_code_each_stage_runs(tmp_path: Path) -> None:
         path.write_text(original)
         return {name.split(":")[-1].split("@")[0] for name in json.loads(status)}
 
-    assert changed_after("deeplab/config.py") >= {"train_cell", "evaluate_cell", "prepare_dataset"}
+    for module in ("deeplab/config.py", "deeplab/errors.py", "deeplab/paths.py", "deeplab/jobs.py"):
+        assert changed_after(module) <= {"records", "make_table"}, module
     assert changed_after("deeplab/train.py") == {"train_cell"}
+    assert changed_after("deeplab/data/convert.py") == {"prepare_dataset", "store_arrays", "make_table"}
     assert changed_after("deeplab/plots.py") == {"evaluate_cell"}
     assert changed_after("deeplab/tracking.py") == set()  # NOT_OUTPUT_CODE: the MLflow mirror
 
@@ -393,3 +399,28 @@ def test_slurm_profile_requests_gpus_as_resources(checkout: Path, monkeypatch: p
         resources = re.search(r"resources: (.*)", block).group(1)  # type: ignore[union-attr]
         for expected in (r"\bgpu=1\b", r"\bslurm_partition=gpuq\b", r"\bslurm_account=proj\b", r"\bruntime=\d+"):
             assert re.search(expected, resources), (expected, resources)
+
+
+def test_a_seed_added_without_regenerating_is_named_by_the_doctor_and_the_records_stage(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Like a lockfile: params/ gains a seed, dvc.yaml's generated parts do not; the doctor warns with the one
+    command to run, and DVC's records stage stops before any job (DVC had read the stale file)."""
+    from pipeline.doctor import dvc_check
+    checkout = copy_checkout(tmp_path / "copy")
+    monkeypatch.chdir(checkout)
+    assert dvc_check(load_params("params"), "smoke").status == "OK"
+    presets = checkout / "params" / "presets.yaml"
+    presets.write_text(presets.read_text().replace("seeds: {voc-r50-os16: [0, 1]}",
+                                                   "seeds: {voc-r50-os16: [0, 1], ade20k-r50-os8: [3, 4]}"))
+    check = dvc_check(load_params("params"), "smoke")
+    assert check.status == "WARN" and "run `python -m pipeline.dvc_presets` before `dvc repro`" in check.text
+    records = subprocess.run([sys.executable, "-m", "pipeline.records", "--preset", "smoke", "--pipeline"],
+                             cwd=checkout, capture_output=True, text=True, env=_env())
+    assert records.returncode == 1 and "smoke/dvc.yaml is out of date with params/" in records.stderr
+    assert not (checkout / "results" / "smoke" / "records").exists()  # stopped before writing a record
+    subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=checkout, check=True, env=_env(),
+                   capture_output=True)
+    assert dvc_check(load_params("params"), "smoke").status == "OK"
+    stages = _dvc_stages(checkout)
+    assert "--cell ade20k-r50-os8 --seed 4 --preset smoke" in stages["smoke/dvc.yaml:train_cell@ade20k-r50-os8-seed4"].cmd
+    assert "--cell ade20k-r50-os8 --preset smoke" in stages["smoke/dvc.yaml:train_cell@ade20k-r50-os8"].cmd

@@ -151,19 +151,25 @@ def test_taking_a_model_of_another_backbone_is_refused(tmp_path: Path) -> None:
 
 
 def test_dvc_picks_the_new_dataset_and_cells_up_from_params(tmp_path: Path) -> None:
-    """No hand edit of dvc.yaml: its first stage rewrites the pipelines from params/ and asks for a second
-    `dvc repro`; then the folder is prepared by its own stage, the fine-tuned cell waits on the model it starts
-    from, and every params key DVC tracks exists (a default or VOC's value is tracked where it lives)."""
+    """A dataset and cells added to params/ reach DVC through one command, like a lockfile: before it, `--check`
+    and the records stage name what to run (nothing rewrites the pipeline behind DVC's back); after it, the
+    folder is prepared by its own stage, the fine-tuned cell waits on the model it starts from, and its
+    training record (its file, a dependency) holds its parent's training digest and the settings it takes
+    from VOC's entry."""
     checkout = copy_checkout(tmp_path / "copy")
     write_learnable_folder(checkout / "mydata" / "pets", n=6)
     declare(checkout / "params", "pets", PETS,
             {**CELLS, "pets-r50-os8": {**CELLS["pets-r50-os16"], "output_stride": 8, "init": "voc-r50-os16"}})
-    sync = subprocess.run([str(BIN / "dvc"), "repro", "smoke/dvc.yaml:sync_pipeline"],
-                          cwd=checkout, env=tool_env(), capture_output=True, text=True, timeout=300)
-    assert sync.returncode != 0 and "rewrote dvc.yaml, smoke/dvc.yaml from params/" in sync.stdout + sync.stderr
-    assert "run `dvc repro` again" in sync.stdout + sync.stderr
-    run_tool(["dvc", "repro", "smoke/dvc.yaml:sync_pipeline"], checkout, timeout=300)  # now it matches
-    for pipeline in ("dvc.yaml", "smoke/dvc.yaml"):  # every listed params key is in its file
+    check = subprocess.run([str(BIN / "python"), "-m", "pipeline.dvc_presets", "--check"], cwd=checkout,
+                           env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert check.returncode == 1 and "out of date: dvc.yaml, smoke/dvc.yaml" in check.stderr, check.stderr
+    stale = subprocess.run([str(BIN / "dvc"), "repro", "smoke/dvc.yaml:records"],
+                           cwd=checkout, env=tool_env(), capture_output=True, text=True, timeout=300)
+    assert stale.returncode != 0 and "smoke/dvc.yaml is out of date with params/" in stale.stdout + stale.stderr
+    assert "run `python -m pipeline.dvc_presets`" in stale.stdout + stale.stderr
+    run_tool(["python", "-m", "pipeline.dvc_presets"], checkout, timeout=300)
+    for pipeline in ("dvc.yaml", "smoke/dvc.yaml"):
+        run_tool(["dvc", "repro", "--single-item", f"{pipeline}:records"], checkout, timeout=300)
         status = json.loads(run_tool(["dvc", "status", pipeline, "--json"], checkout, timeout=300).stdout)
         prefix = "" if pipeline == "dvc.yaml" else "smoke/dvc.yaml:"
         assert {f"{prefix}prepare_folder@pets", f"{prefix}train_cell@pets-r50-os8",
@@ -173,9 +179,11 @@ def test_dvc_picks_the_new_dataset_and_cells_up_from_params(tmp_path: Path) -> N
     with contextlib.chdir(checkout), Repo(str(checkout)) as repo:
         stages = {stage.addressing: stage for stage in repo.index.stages}
     tuned = stages["smoke/dvc.yaml:train_cell@pets-r50-os8"]
-    assert "results/smoke/voc-r50-os16/model.pt" in {d.def_path for d in tuned.deps}
-    keys = {dep.def_path: list(dep.params) for dep in tuned.deps if type(dep).__name__ == "ParamsDependency"}
-    assert "cells.pets-r50-os8.init" in keys["params/cells.yaml"]
-    assert {"pets.num_classes", "voc.crop_size"} <= set(keys["params/datasets.yaml"])  # its own, and VOC's
-    assert "presets.smoke.overrides.datasets.voc.crop_size" in keys["params/presets.yaml"]
+    assert {"results/smoke/voc-r50-os16/model.pt", "results/smoke/records/train/pets-r50-os8.json"} <= \
+        {d.def_path for d in tuned.deps}
+    record = json.loads((checkout / "results/smoke/records/train/pets-r50-os8.json").read_text())
+    params = load_params(checkout / "params")
+    assert record["parent"] == {"cell": "voc-r50-os16",
+                                "training_digest": params.resolve("voc-r50-os16", "smoke").training_digest()}
+    assert record["data"]["num_classes"] == 3 and record["data"]["crop_size"] == [32, 32]  # its own, and VOC's
     assert "mydata/pets" in {d.def_path for d in stages["smoke/dvc.yaml:prepare_folder@pets"].deps}

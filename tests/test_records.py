@@ -124,7 +124,8 @@ EDITS = {
     "train.channels_last toggled": ("train.yaml", r"channels_last: true", "channels_last: false", 0, 0),
     "train.max_micro_batch: 4": ("train.yaml", r"max_micro_batch: auto", "max_micro_batch: 4", 0, 0),
     "a cell on 2 GPUs": ("cells.yaml", r"in_seed_table: true,  gpus: 1\}", "in_seed_table: true,  gpus: 2}", 0, 0),
-    "train.seed: 1": ("train.yaml", r"  seed: 0 ", "  seed: 1 ", 13, 13),
+    # the seed of the cells the preset lists no seeds for: voc-r50-os16 trains exactly its seeds 0 and 1
+    "train.seed: 1": ("train.yaml", r"  seed: 0 ", "  seed: 1 ", 11, 11),
     "train.lr (smoke's override)": ("presets.yaml", r"lr: 0.05", "lr: 0.02", 13, 13),
     "VOC's crop (smoke's override)": ("presets.yaml", r"voc:        \{base_scale: \[64, 48\], crop_size: \[32, 32\]",
                                       "voc:        {base_scale: [64, 48], crop_size: [24, 24]", 5, 5),

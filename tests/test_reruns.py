@@ -12,11 +12,18 @@ from pathlib import Path
 import pytest
 
 from tests.dag_fixtures import copy_checkout, run_tool, tool_env
+from tests.folder_fixtures import declare, write_learnable_folder
 
 pytestmark = pytest.mark.slow
 
-# edit -> (file, pattern, replacement, trainings, evaluations) on the smoke preset (13 runs: 12 cells, one more seed)
+# edit -> (file, pattern, replacement, trainings, evaluations) on the smoke preset (13 runs: 12 cells, one more
+# seed). Files under params/ unless they name a folder; "\A" prepends a line. No edit re-prepares a dataset.
 EDITS = {
+    **{f"a comment line in {module}": (module, r"\A", "# a reworded comment\n", 0, 0)
+       for module in ("deeplab/errors.py", "deeplab/paths.py", "deeplab/config.py", "deeplab/jobs.py")},
+    "train.deterministic toggled": ("train.yaml", r"deterministic: false", "deterministic: true", 0, 0),
+    # train.seed is the seed of the cells the preset lists none for: voc-r50-os16's runs are its seeds 0 and 1
+    "train.seed: 1": ("train.yaml", r"^  seed: 0 ", "  seed: 1 ", 11, 11),
     "evaluate.precision: bf16": ("evaluate.yaml", r"precision: fp32", "precision: bf16", 0, 13),
     "evaluate.ms_ratios gains a scale": ("evaluate.yaml", r"ms_ratios: \[0.5,", "ms_ratios: [0.25, 0.5,", 0, 13),
     "a second seed for ade20k-r50-os8": ("presets.yaml", r"seeds: \{voc-r50-os16: \[0, 1\]\}",
@@ -26,6 +33,7 @@ EDITS = {
                                 r"register_models: false\1", 0, 0),
     "VOC's train_arrays: true": ("datasets.yaml", r"train_arrays: false ", "train_arrays: true ", 0, 0),
     "train.workers (smoke's override)": ("presets.yaml", r"workers: 0", "workers: 6", 0, 0),
+    "VOC's epochs (smoke's override)": ("presets.yaml", r"(voc: .*)epochs: 10", r"\1epochs: 12", 5, 5),
     "train.lr (smoke's override)": ("presets.yaml", r"lr: 0.05", "lr: 0.02", 13, 13),
     "VOC's crop (smoke's override)": ("presets.yaml", r"voc:        \{base_scale: \[64, 48\], crop_size: \[32, 32\]",
                                       "voc:        {base_scale: [64, 48], crop_size: [24, 24]", 5, 5),
@@ -62,8 +70,12 @@ def snakemake_jobs(checkout: Path) -> Counter[str]:
 
 
 def dvc_stages(checkout: Path) -> Counter[str]:
+    """What DVC reruns: after the one generating command (a seed or cell added to params/ reaches the pipeline
+    through it) and the records stage (seconds: it rewrites the record files whose content changed), the
+    stages `dvc status` names."""
     subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=checkout, check=True, env=tool_env(),
                    capture_output=True)
+    run_tool(["dvc", "repro", "--single-item", "smoke/dvc.yaml:records"], checkout, timeout=300)
     status = json.loads(run_tool(["dvc", "status", "smoke/dvc.yaml", "--json"], checkout, timeout=300).stdout)
     return Counter(name.split(":")[-1].split("@")[0] for name in status)
 
@@ -75,7 +87,7 @@ def test_recorded_dag_reruns_nothing(recorded: Path) -> None:
 @pytest.mark.parametrize("edit", list(EDITS))
 def test_an_edit_reruns_exactly_what_it_changes_under_both_engines(edit: str, recorded: Path) -> None:
     file, pattern, replacement, trainings, evaluations = EDITS[edit]
-    path = recorded / "params" / file
+    path = recorded / (file if "/" in file else f"params/{file}")
     original = path.read_text()
     path.write_text(re.sub(pattern, replacement, original, count=1, flags=re.MULTILINE))
     assert path.read_text() != original
@@ -83,7 +95,27 @@ def test_an_edit_reruns_exactly_what_it_changes_under_both_engines(edit: str, re
         jobs, stages = snakemake_jobs(recorded), dvc_stages(recorded)
     finally:
         path.write_text(original)
-        subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=recorded, check=True, env=tool_env(),
-                       capture_output=True)
-    assert (jobs["train_cell"], jobs["evaluate_cell"]) == (trainings, evaluations), jobs
-    assert (stages["train_cell"], stages["evaluate_cell"]) == (trainings, evaluations), stages
+        dvc_stages(recorded)  # the pipeline and DVC's record of the records stage as they were
+    assert (jobs["train_cell"], jobs["evaluate_cell"], jobs["prepare_dataset"]) == (trainings, evaluations, 0), jobs
+    assert (stages["train_cell"], stages["evaluate_cell"], stages["prepare_dataset"]) == \
+        (trainings, evaluations, 0), stages
+
+
+def test_a_new_cell_trains_alone_under_both_engines(recorded: Path) -> None:
+    """A dataset of your own and its cell added to params/: one preparation, one training, one evaluation under
+    Snakemake in the same command; under DVC after the one generating command, which --check names before."""
+    write_learnable_folder(recorded / "mydata" / "pets", n=6)
+    saved = {name: (recorded / "params" / name).read_text() for name in ("datasets.yaml", "cells.yaml")}
+    declare(recorded / "params", "pets", {"layout": "folder", "source": "mydata/pets", "num_classes": 3},
+            {"pets-r50-os16": {"dataset": "pets", "backbone": "r50", "output_stride": 16}})
+    try:
+        check = subprocess.run([sys.executable, "-m", "pipeline.dvc_presets", "--check"], cwd=recorded,
+                               env=tool_env(), capture_output=True, text=True)
+        assert check.returncode == 1 and "smoke/dvc.yaml" in check.stderr
+        jobs, stages = snakemake_jobs(recorded), dvc_stages(recorded)
+    finally:
+        for name, text in saved.items():
+            (recorded / "params" / name).write_text(text)
+        dvc_stages(recorded)
+    assert (jobs["prepare_folder"], jobs["train_cell"], jobs["evaluate_cell"]) == (1, 1, 1), jobs
+    assert (stages["prepare_folder"], stages["train_cell"], stages["evaluate_cell"]) == (1, 1, 1), stages

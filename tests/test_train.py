@@ -278,7 +278,7 @@ def test_the_training_closure_is_the_code_a_training_runs(project: Path, monkeyp
     import sys
     import threading
 
-    from pipeline.dvc_presets import code_closure, imported_modules, module_file
+    from deeplab.codedeps import code_closure, imported_modules, module_file
     from tests.test_reference_log import place_log
     monkeypatch.chdir(project)
     place_log(project, [3.0, 2.9, 2.8, 2.7])  # the reference's log of the cell, as the full preset fetches it
@@ -299,6 +299,13 @@ def test_the_training_closure_is_the_code_a_training_runs(project: Path, monkeyp
     closure = set(code_closure(["pipeline.train"], ROOT))
     assert closure - executed - DECLARATIONS - ON_GPU == set()
     assert {"deeplab/evaluate.py", "deeplab/reference.py", "deeplab/plots.py"}.isdisjoint(closure)
+    from deeplab.codedeps import BOOKKEEPING, stage_code
+    numerics = set(stage_code(["pipeline.train"], ROOT))  # what the DAG retrains on: the closure less bookkeeping
+    assert numerics == closure - set(BOOKKEEPING) and all((ROOT / path).is_file() for path in BOOKKEEPING)
+    assert {"deeplab/model.py", "deeplab/backbone.py", "deeplab/losses.py", "deeplab/transforms.py",
+            "deeplab/datasets.py", "deeplab/train.py", "deeplab/schedule.py", "deeplab/precision.py",
+            "deeplab/distributed.py"} <= numerics
+    assert {"deeplab/config.py", "deeplab/errors.py", "deeplab/paths.py", "deeplab/jobs.py"}.isdisjoint(numerics)
     for path in sorted(closure | {"deeplab/data/arrays.py", "deeplab/data/prepare.py"}):  # no import circle
         todo, seen = [path], set()
         while todo:
