@@ -777,6 +777,8 @@ def _convert(value: Any, hint: Any, path: Path, where: tuple[str, ...]) -> Any:
                 continue
         return _convert(value, options[-1], path, where)
     if origin is Literal:
+        if value is False and "off" in args:  # YAML 1.1 reads an unquoted off as false; DVC's -S writes it so
+            return "off"
         if value not in args or type(value) is not type(args[0]):
             raise ParamsError(f"{_where(path, where)}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

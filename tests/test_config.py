@@ -121,3 +121,10 @@ def test_seeds_give_one_run_per_cell_and_seed(params_dir: Path) -> None:
     _edit(params_dir / "presets.yaml", "seeds: {voc-r50-os17: [0, 1]}", "seeds: {voc-r50-os16: [1, 1]}")
     with pytest.raises(ParamsError, match=r"seeds\.voc-r50-os16: must be a non-empty list of distinct seeds"):
         load_params(params_dir)
+
+
+def test_an_unquoted_off_as_dvc_exp_run_writes_it_is_still_off(params_dir: Path) -> None:
+    """`dvc exp run -S 'params/train.yaml:...'` rewrites the file in YAML 1.2, where `off` needs no quotes; read
+    as YAML 1.1 that is false. train.compile: off stays the setting "off" (any -S of train.yaml broke on it)."""
+    _edit(params_dir / "train.yaml", 'compile: "off"', "compile: off")
+    assert load_params(params_dir).train.compile == "off"
