@@ -38,12 +38,14 @@ demo: $(VENV)/.installed .dvc/plots_offline.html
 	@echo "Smoke table: results/smoke/table.md; report: $(VENV)/bin/snakemake --report report.html --config preset=smoke"
 	@$(PY) -m pipeline.init_tracking --preset smoke --ui
 
+# Everything (what CI runs): two workers, a test module each at a time (its shared DAG run stays in one worker).
 test: $(VENV)/.installed .dvc/plots_offline.html
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
-# Day-to-day: everything but the tests marked slow (the DAG end to end, the learning check) or slurm; minutes.
+# Day-to-day, under two minutes: the unit tests, on both cores. Not the tests that run Snakemake or DVC, start a
+# server or wait on several processes (integration), the DAG end to end and the learning check (slow), or Slurm.
 test-fast: $(VENV)/.installed .dvc/plots_offline.html
-	$(PY) -m pytest -m "not slow and not slurm"
+	$(PY) -m pytest -n 2 -m "not slow and not integration and not slurm"
 
 # What the GPU at hand gives the recipe (a benchmark, not a test): training step, memory, auto-fit, loader,
 # evaluation, compile, DDP; under ten minutes. Without CUDA it runs tiny sizes on the CPU, labelled as such.

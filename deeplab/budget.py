@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Mapping
 
 from deeplab.config import CellConfig, Params
+
+if TYPE_CHECKING:
+    import pandas as pd
 from deeplab.data.folder import image_count, source_files
-from deeplab.model import AUX_GFLOPS_512, FORWARD_GFLOPS_512  # 21 classes; the class count changes it by < 0.1 %
+from deeplab.flops import AUX_GFLOPS_512, FORWARD_GFLOPS_512  # 21 classes; the class count changes it by < 0.1 %
 # Achieved training rates assumed for planning: 12 % of each GPU's dense bf16 peak (H100 SXM 989 TFLOP/s,
 # A100 312 TFLOP/s). Anchors: ordinary PyTorch training of a BatchNorm convnet reaches about a tenth of the
 # peak; the best published convnet training, MLPerf ResNet-50 with a hand-tuned stack, stays under a fifth.
@@ -62,10 +63,11 @@ def images_per_second(config: CellConfig, gpu: str = "H100") -> float:
 
 
 def cost_frame(params: Params, preset: str, measured: Mapping[str, float | None],
-               reference: Mapping[str, Any] | None = None) -> pd.DataFrame:
+               reference: Mapping[str, Any] | None = None) -> "pd.DataFrame":
     """README's cost table: per cell the training FLOPs, the GPU-hours at the assumed rates, the GPU-hours
     measured from its training logs where it has run (``measured``: cell -> hours or None), and what the
     reference's own training log says it spent (``reference``: cell -> deeplab.reference.Spent or None)."""
+    import pandas as pd  # here: the Snakefile imports this module for job sizes, and pandas costs it a second
     rows = []
     for cell_id in params.cells:
         config = params.resolve(cell_id, preset)

@@ -21,13 +21,8 @@ from deeplab.backbone import ResNet, load_imagenet_weights
 from deeplab.checkpoint import load_saved
 from deeplab.config import TRAINING, CellConfig, record_changes
 from deeplab.errors import PipelineError
+from deeplab.flops import AUX_GFLOPS_512, FORWARD_GFLOPS_512, PARAMETER_COUNTS  # noqa: F401 (the model's numbers)
 
-# Reference parameter counts with 21 classes: (without aux head, with aux head).
-PARAMETER_COUNTS = {"r50": (41_226_213, 45_956_602), "r101": (60_218_341, 64_948_730)}
-# Reference forward GFLOPs at 512x512 (torch.utils.flop_counter), per (backbone, output stride).
-FORWARD_GFLOPS_512 = {("r50", 8): 352.4, ("r50", 16): 119.3, ("r101", 8): 507.5, ("r101", 16): 158.1}
-# ... of the auxiliary FCN head on layer3 (training only): 38.7 GFLOP at output stride 8, 9.7 at 16, any backbone.
-AUX_GFLOPS_512 = {8: 38.7, 16: 9.7}
 # The ASPP's atrous rates per output stride (the paper's: rates scale with the feature map's resolution).
 ASPP_RATES = {8: (12, 24, 36), 16: (6, 12, 18)}
 

@@ -1,12 +1,33 @@
 """Shared fixtures. Area-specific fixtures live beside their tests (tests/<area>_fixtures.py)."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+SERVERS = {"file_server", "cityscapes_server", "silent_server"}  # fixtures that start a server on 127.0.0.1
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (make test-fast: a worker per core) each worker computes on one thread: two workers
+    with torch's default of a thread per core would oversubscribe the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        import torch
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts a server is an integration test (make test-fast leaves those out), whichever module
+    it is in."""
+    for item in items:
+        if SERVERS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(autouse=True)

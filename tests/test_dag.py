@@ -23,6 +23,7 @@ from deeplab.gpus import acquire, gpu_pool
 from tests.dag_fixtures import ROOT, copy_checkout, run_tool
 
 PARAMS = load_params(ROOT / "params")
+pytestmark = pytest.mark.integration  # dry runs of both tools, DVC's status, GPU slots held by processes
 
 
 @pytest.fixture(scope="module")

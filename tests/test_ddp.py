@@ -7,6 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -15,6 +16,7 @@ from tests.train_fixtures import PYTHON, ROOT, project, shrink_params  # noqa: F
 CELL = "voc-r50-os16"
 
 
+@pytest.mark.integration
 def test_two_process_gloo_run_honours_the_global_batch(project: Path) -> None:
     shrink_params(project / "params", batch=4)  # 2 images per process, 2 iterations
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -52,6 +52,7 @@ def test_the_full_preset_here_fails_on_the_gpu_and_cityscapes_and_writes_nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params", "requirements.lock"]  # nothing created
 
 
+@pytest.mark.integration
 def test_the_doctor_checks_the_cells_and_data_a_dag_will_run(tmp_path: Path) -> None:
     """A DAG for one VOC cell is not stopped by Cityscapes' credentials (it still needs a GPU); one that only
     prepares data checks no GPU at all; an unknown cell is named."""

@@ -149,6 +149,7 @@ WORKERS_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.integration
 def test_loader_workers_die_with_a_killed_job() -> None:
     """A job killed with SIGKILL must not leave workers holding its GPU slot (they used to linger 5-30 s)."""
     job = subprocess.Popen([sys.executable, "-c", WORKERS_SCRIPT], stdout=subprocess.PIPE, text=True,

@@ -115,6 +115,7 @@ def test_prepare_reads_the_folder_and_refuses_a_class_count_params_do_not_give(t
     assert unknown.returncode == 2 and "unknown dataset 'petz'" in unknown.stderr
 
 
+@pytest.mark.integration
 def test_a_cell_fine_tunes_from_another_cells_model(tmp_path: Path, params_dir: Path) -> None:
     """init: <cell>: the backbone, ASPP and decoder come from that cell's model.pt, the classifiers of another
     class count are re-initialised, and the log names both; training from it goes on as usual."""
@@ -150,6 +151,7 @@ def test_taking_a_model_of_another_backbone_is_refused(tmp_path: Path) -> None:
         take_trained(small, tmp_path / "model.pt", "voc-r50-os8")
 
 
+@pytest.mark.integration
 def test_dvc_picks_the_new_dataset_and_cells_up_from_params(tmp_path: Path) -> None:
     """A dataset and cells added to params/ reach DVC through one command, like a lockfile: before it, `--check`
     and the records stage name what to run (nothing rewrites the pipeline behind DVC's back); after it, the

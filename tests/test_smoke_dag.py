@@ -19,7 +19,7 @@ import pytest
 from deeplab import serving
 from deeplab.config import load_params
 from deeplab.datasets import manifest_hash
-from tests.dag_fixtures import ROOT, copy_checkout, run_tool
+from tests.dag_fixtures import ROOT, copy_checkout, run_tool, tool_env
 
 DAG_TIMEOUT_S = 1500  # one whole DAG; the per-test limit below covers the module fixture that runs it
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DAG_TIMEOUT_S + 600)]
@@ -29,8 +29,15 @@ RUNS = PARAMS.runs("smoke")  # 12 cells, voc-r50-os16 with two seeds: 13 trainin
 
 
 def _run_dag(tmp_path_factory: pytest.TempPathFactory, name: str, command: list[str],
-             epochs: int | None = None) -> tuple[Path, str]:
+             epochs: int | None = None, cells: tuple[str, ...] | None = None) -> tuple[Path, str]:
     checkout = copy_checkout(tmp_path_factory.mktemp(name))
+    if cells is not None:  # a reduced configuration: these cells alone (the pipeline regenerated, as a user would)
+        path = checkout / "params" / "cells.yaml"
+        path.write_text("".join(line for line in path.read_text().splitlines(keepends=True)
+                                if not re.match(r"  [\w-]+:", line) or line.split(":")[0].strip() in cells))
+        run_tool(["python", "-m", "pipeline.dvc_presets"], checkout, timeout=120)
+        subprocess.run(["git", "commit", "-qam", "the reduced configuration"], cwd=checkout, check=True,
+                       capture_output=True, env=tool_env())
     if epochs is not None:  # a reduced configuration: the same DAG, fewer training steps per cell
         presets = checkout / "params" / "presets.yaml"
         text = presets.read_text()
@@ -47,18 +54,27 @@ def snakemake_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return _run_dag(tmp_path_factory, "snakemake", ["snakemake", "--cores", "2", "--config", "preset=smoke"])
 
 
+# DVC runs one stage at a time, the same commands as Snakemake: its DAG is shown on a reduced configuration
+# (two datasets; a cell with two seeds and one without; one epoch each), the whole smoke DAG by Snakemake.
+DVC_CELLS = ("voc-r50-os16", "cityscapes-r101-os16")
+
+
 @pytest.fixture(scope="module")
 def dvc_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    return _run_dag(tmp_path_factory, "dvc", ["dvc", "repro", "smoke/dvc.yaml"], epochs=1)  # runs one stage at a time
+    return _run_dag(tmp_path_factory, "dvc", ["dvc", "repro", "smoke/dvc.yaml"], epochs=1, cells=DVC_CELLS)
 
 
 def _check_outcome(checkout: Path, uri: str, learned: bool = True) -> None:
+    """The runs of the checkout's params (the smoke DAG's 13, or a reduced configuration's) all finished,
+    logged, registered and in the table."""
     from mlflow import MlflowClient
+    params = load_params(checkout / "params")
+    expected, cells = params.runs("smoke"), list(params.cells)
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(load_params(checkout / "params").preset("smoke").experiment)
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(run.info.run_name for run in runs) == sorted(r.run_name for r in RUNS) and len(runs) == 13
-    by_name = {run.run_name: run for run in RUNS}
+    assert sorted(run.info.run_name for run in runs) == sorted(r.run_name for r in expected)
+    by_name = {run.run_name: run for run in expected}
     for run in runs:
         assert run.info.status == "FINISHED", run.info.run_name
         assert {"mIoU", "aAcc", "mAcc"} <= set(run.data.metrics), run.info.run_name
@@ -75,12 +91,12 @@ def _check_outcome(checkout: Path, uri: str, learned: bool = True) -> None:
     # the Models tab and the registry: a model per run, named after it; the demo registers its own names
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     run_names = {run.info.run_id: run.info.run_name for run in runs}
-    assert sorted(m.name for m in models) == sorted(serving.model_name(cfg) for cfg in RUNS)
+    assert sorted(m.name for m in models) == sorted(serving.model_name(cfg) for cfg in expected)
     assert all(serving.model_name(by_name[run_names[m.source_run_id]]) == m.name for m in models)
     registered = {m.name for m in client.search_registered_models()}
-    assert registered == {serving.registered_name(cfg) for cfg in RUNS} and len(registered) == 12  # a model per cell
+    assert registered == {serving.registered_name(cfg) for cfg in expected} and len(registered) == len(cells)  # a model per cell
     versions = [v for name in registered for v in client.search_model_versions(f"name='{name}'")]
-    assert len(versions) == 13 and all(v.tags["preset"] == "smoke" and float(v.tags["mIoU"]) > 0 for v in versions)
+    assert len(versions) == len(expected) and all(v.tags["preset"] == "smoke" and float(v.tags["mIoU"]) > 0 for v in versions)
     for name in registered:  # the alias names the best seed's version
         mine = [v for v in versions if v.name == name]
         best = client.get_model_version_by_alias(name, serving.BEST)
@@ -90,17 +106,17 @@ def _check_outcome(checkout: Path, uri: str, learned: bool = True) -> None:
     table = (checkout / paths.table()).read_text()
     measured = re.findall(r"\|\s*(\d+\.\d\d)(?: ± \d+\.\d\d)?%(?: \(n=2\))?\s*\|\s*\d+\.\d\d%\s*\|"
                           r"\s*[+-]\d+\.\d\d(?: ± \d+\.\d\d)?\s*\|", table)
-    assert len(measured) == 12 and re.search(r"± \d+\.\d\d% \(n=2\)", table), table
-    assert table.count("Measured on: ") == 3, table
-    for run in RUNS:  # CPU: each run's whole batch at once, as the reference's BatchNorm sees it; fp32 scoring
+    assert len(measured) == len(cells) and re.search(r"± \d+\.\d\d% \(n=2\)", table), table
+    assert table.count("Measured on: ") == len({params.cells[cell].dataset for cell in cells}), table
+    for run in expected:  # CPU: each run's whole batch at once, as the reference's BatchNorm sees it; fp32 scoring
         doc = json.loads((checkout / run.files.metrics).read_text())
         assert doc["batchnorm_images"] == doc["reference_batchnorm_images"] == 8, run.run_name
         assert doc["precision"] == "fp32 (TF32 off)", run.run_name
     assert "†" not in table and "‡" not in table, table
     with (checkout / paths.summary()).open() as f:
         summary = {row["cell"]: row for row in csv.DictReader(f)}
-    for cell in CELLS:
-        seeds = PARAMS.seeds(cell, "smoke")
+    for cell in cells:
+        seeds = params.seeds(cell, "smoke")
         mious = [json.loads((checkout / paths.cell(cell, None if k == seeds[0] else k).metrics).read_text())["mIoU"]
                  for k in seeds]
         mean = sum(mious) / len(mious)
@@ -110,11 +126,11 @@ def _check_outcome(checkout: Path, uri: str, learned: bool = True) -> None:
     # the demo learns: every cell and the 12-cell mean at least what README.md tells a new user to expect
     if learned:
         floor, mean_floor = demo_expectations()
-        mious = {cell: float(summary[cell]["mIoU"]) for cell in CELLS}
+        mious = {cell: float(summary[cell]["mIoU"]) for cell in cells}
         assert min(mious.values()) >= floor and sum(mious.values()) / len(mious) >= mean_floor, mious
     # the full preset's data, results and README tables are untouched
     assert not (checkout / "data" / "raw").exists() and not (checkout / "data" / "prepared").exists()
-    assert not any((checkout / "results" / cell).exists() for cell in CELLS)
+    assert not any((checkout / "results" / cell).exists() for cell in PARAMS.cells)
     changed = subprocess.run(["git", "status", "--porcelain", "--", "README.md", "results/table.md",
                               "results/summary.csv", "results/per_class_iou.csv"], cwd=checkout,
                              capture_output=True, text=True, check=True).stdout
@@ -234,23 +250,24 @@ def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_p
     shown = json.loads(run_tool(["dvc", "metrics", "show", "--json"], checkout, timeout=300).stdout)
     found = {path: source.get("data") for rev in shown.values() for path, source in rev.get("data", {}).items()}
     paths = PARAMS.preset("smoke").paths
-    for run in RUNS:  # the headline numbers only (the full preset's files are declared too, and absent here)
+    runs = load_params(checkout / "params").runs("smoke")  # the reduced configuration's
+    for run in runs:  # the headline numbers only (the full preset's files are declared too, and absent here)
         assert set(found.get(run.files.scores) or {}) == {"mIoU", "aAcc", "mAcc"}, \
             (run.run_key, sorted(found))
     seeds = found[paths.seeds_summary("voc-r50-os16")]  # the one cell with two seeds: their mean and spread
     assert seeds["seeds"] == 2 and set(seeds) == {"seeds", "mIoU_mean", "aAcc_mean", "mAcc_mean", "mIoU_std"}
     assert {path for path in found if path.startswith(f"{paths.results_dir}/")} == \
-        {run.files.scores for run in RUNS} | {paths.seeds_summary("voc-r50-os16")}  # no per-class columns
+        {run.files.scores for run in runs} | {paths.seeds_summary("voc-r50-os16")}  # no per-class columns
     run_tool(["python", "-m", "pipeline.plots_template"], checkout, timeout=120)  # as make does after installing
     run_tool(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], checkout, timeout=300)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert not re.search(r"<script[^>]+src=", page) and "window.vegaEmbed" in page  # renders offline
-    assert "cityscapes-r101-os16 seed 0, val IoU per class" in page
+    assert "cityscapes-r101-os16, val IoU per class" in page and "voc-r50-os16 seed 1, val IoU per class" in page
     assert "has not run yet" in page and "dvc plots show smoke/dvc.yaml" in page  # DVC's own warning names no file
     shown = run_tool(["dvc", "plots", "show", "smoke/dvc.yaml", "-o", str(tmp_path / "demo")], checkout, timeout=300)
     assert "failed to load" not in shown.stdout + shown.stderr  # README's command for the demo's plots alone
-    assert "cityscapes-r101-os16 seed 0, val IoU per class" in (tmp_path / "demo" / "index.html").read_text()
+    assert "cityscapes-r101-os16, val IoU per class" in (tmp_path / "demo" / "index.html").read_text()
     # a reference mIoU is read only by the table stage: the experiment reruns just that stage
-    run_tool(["dvc", "exp", "run", "smoke/dvc.yaml", "-S", "params/cells.yaml:cells.voc-r50-os8.reference_miou=70.0"],
+    run_tool(["dvc", "exp", "run", "smoke/dvc.yaml", "-S", "params/cells.yaml:cells.voc-r50-os16.reference_miou=70.0"],
              checkout, timeout=600, MLFLOW_TRACKING_URI=uri)
     assert re.search(r"\|\s*70\.00%\s*\|", (checkout / "results" / "smoke" / "table.md").read_text())
