@@ -86,9 +86,12 @@ def test_gpu_check_on_a_short_budget_reports_the_machine_and_what_it_skipped(tmp
                               "### Input pipeline", "### GPU-hours per cell", "### DDP", "### torch.compile"]
     # the first section always runs: rate, TFLOP/s, fraction of the measured rate, peak (nan on the CPU), predicted
     rows = [line for line in sections["### Training step per cell shape"].splitlines() if line.startswith("| r")]
-    assert len(rows) == 2 and all(re.search(rf"\| {NUMBER} \| {NUMBER} \| {NUMBER}% \|", row) for row in rows), rows
-    assert re.search(r"(?m)^\| r101-os8 \(voc\) \| 64x64 \| fp32 \(TF32 off\), channels-last \| 16 \| - / 2 \| .* \| nan \| "
-                     rf"{NUMBER} \| - \|$", sections["### Training step per cell shape"])
+    first = sections["### Training step per cell shape"]  # on a loaded machine the budget can stop it after a row
+    assert (len(rows) == 2 or (rows and "budget ran out" in first)) and \
+        all(re.search(rf"\| {NUMBER} \| {NUMBER} \| {NUMBER}% \|", row) for row in rows), (rows, first)
+    if len(rows) == 2:
+        assert re.search(r"(?m)^\| r101-os8 \(voc\) \| 64x64 \| fp32 \(TF32 off\), channels-last \| 16 \| - / 2 \| .* \| nan \| "
+                         rf"{NUMBER} \| - \|$", sections["### Training step per cell shape"])
     ran = {name for name, body in sections.items() if not body.strip().startswith(("skipped", "stopped"))}
     skipped = {name: body.strip() for name, body in sections.items() if name not in ran}
     # the later ones ran with their numbers, or say why not (how many of them fit depends on the machine's load)

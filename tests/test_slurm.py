@@ -12,6 +12,7 @@ resumes from its checkpoint when submitted again (the profile's retry).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -110,6 +111,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     (folder / "munge.key").chmod(0o400)
     etc = Path("/etc/slurm")
     etc.mkdir(parents=True, exist_ok=True)
+    # /etc/slurm and the daemons are the machine's: a second suite on this machine (another clone) waits here
+    # for the first one's cluster to stop instead of rewriting its configuration under it
+    machine_lock = open("/tmp/deeplab-test-slurm.lock", "a")  # noqa: SIM115 (held until the cluster stops)
+    fcntl.flock(machine_lock, fcntl.LOCK_EX)
     saved = {name: (etc / name).read_bytes() for name in ("slurm.conf", "gres.conf") if (etc / name).is_file()}
     try:
         for name, text in _config(folder).items():
@@ -136,6 +141,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 (etc / name).write_bytes(saved[name])
             else:
                 (etc / name).unlink(missing_ok=True)
+        machine_lock.close()  # the next suite's cluster may start
 
 
 def _reduced_checkout(dest: Path) -> Path:
