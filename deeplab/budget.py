@@ -28,19 +28,22 @@ ACHIEVED_TFLOPS = {gpu: peak * ACHIEVED_SHARE for gpu, peak in PEAK_BF16_TFLOPS.
 
 def train_count(config: CellConfig) -> int:
     """The training split's size: the official count, or for a dataset of your own its prepared count (its
-    folder's images less the val share before it is prepared)."""
+    folder's images less the val share before it is prepared; fewer than one batch is the doctor's and
+    prepare's refusal, and shows as no iterations here, not as a batch)."""
     if config.data.expected_counts is not None:
         return config.data.expected_counts["train"]
     meta = Path(config.preset.paths.prepared_meta(config.cell.dataset))
     if meta.is_file():
         return int(json.loads(meta.read_text())["counts"]["train"])
     images = image_count(source_files(config.data.source or ""))
-    return max(images - round(images * config.data.val_share), config.data.batch_size)
+    return images - round(images * config.data.val_share)
 
 
 def training_images(config: CellConfig, num_train_images: int | None = None) -> int:
     """Images the schedule shows: iterations x global batch (the official train count by default)."""
     count = train_count(config) if num_train_images is None else num_train_images
+    if count < config.data.batch_size:  # nothing to train on: prepare and the doctor refuse it, naming the count
+        return 0
     return config.max_iters(count) * config.data.batch_size
 
 

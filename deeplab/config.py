@@ -70,8 +70,8 @@ RECORDS: dict[str, dict[str, Setting]] = {
              "base_scale": WEIGHTS, "ratio_range": WEIGHTS, "crop_size": WEIGHTS, "cat_max_ratio": WEIGHTS,
              "batch_size": WEIGHTS, "epochs": WEIGHTS, "eval_scale": SCORES,
              "train_arrays": Setting(NONE, "how the prepared pixels are stored, not which pixels"),
-             **dict.fromkeys(("layout", "source", "label_encoding", "label_values", "val_share", "split_seed"),
-                             PIXELS)},
+             **dict.fromkeys(("layout", "source", "label_encoding", "label_values", "val_share", "split_seed",
+                              "ignore_colors", "exif"), PIXELS)},
     "model": dict.fromkeys(("stem", "pretrained", "backbone_width", "aspp_channels", "low_level_channels",
                             "decoder_channels", "dropout", "aux_channels"), WEIGHTS),
     "train": {**dict.fromkeys(("lr", "min_lr", "poly_power", "momentum", "weight_decay", "aux_weight", "seed",
@@ -93,12 +93,24 @@ RECORDS: dict[str, dict[str, Setting]] = {
 }
 # Settings added after runs were recorded: at this value (what every run before them trained under) they stay
 # out of the record, so adding them re-runs nothing that was already done; any other value is recorded.
-ADDED_LATER = {("cell", "init"): "imagenet"}
+ADDED_LATER = {("cell", "init"): "imagenet", ("data", "ignore_colors"): None, ("data", "exif"): None}
 PARAM_FILES = ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml", "evaluate.yaml", "presets.yaml")
 
 
 class ParamsError(PipelineError, ValueError):
     """A parameter file is wrong; the message names the file, the key and the line."""
+
+
+class TooFewImages(PipelineError, ValueError):
+    """A training split smaller than one batch: no iteration could be drawn."""
+
+
+def too_few_to_train(name: str, count: int, batch: int, where: str) -> str:
+    """The line that refuses a training split smaller than one batch (prepare, the doctor, pipeline.folder,
+    and training itself, for any dataset)."""
+    return (f"{name}: {count} training image(s), fewer than one batch of {batch} ({where}): add images, or "
+            f"train with a batch of {count} or fewer (batch_size in its entry of params/datasets.yaml; a dataset "
+            "of your own otherwise takes VOC's)")
 
 
 class UnknownName(PipelineError, KeyError):
@@ -131,6 +143,9 @@ class DatasetRecipe:
     label_values: Mapping[int, int] | None = None  # folder layout: mask value -> class (255 = ignore)
     val_share: float = 0.1  # folder layout without splits/: the val share of the drawn split
     split_seed: int = 0  # and its seed
+    ignore_colors: tuple[tuple[int, int, int], ...] | None = None  # folder layout, color masks: colours = ignore
+    exif: Literal["apply", "ignore"] | None = None  # folder layout: whether masks follow the images' EXIF
+    # orientation (None: each image's size decides, and prepare asks where it cannot)
 
     @property
     def folder(self) -> bool:
@@ -145,7 +160,7 @@ class DatasetRecipe:
         if self.folder and not self.source:
             problems["source"] = "a dataset of layout folder needs its folder: source: path/to/folder"
         if not self.folder:
-            for key in ("source", "label_values"):
+            for key in ("source", "label_values", "ignore_colors", "exif"):
                 if getattr(self, key) is not None:
                     problems[key] = "only a dataset of layout: folder reads this"
         if self.label_values is not None:
@@ -154,6 +169,16 @@ class DatasetRecipe:
             if bad:
                 problems["label_values"] = (f"{bad[0]}: each entry maps a mask value (0..65535) to a class index "
                                             f"0..{self.num_classes - 1} or 255 (ignore)")
+        if self.label_encoding == "color" and self.label_values is not None:
+            problems["label_values"] = ("maps the values of single-channel masks, and under label_encoding: color "
+                                        "a mask's classes are classes.txt's colours: remove it (a colour that means "
+                                        "ignore goes in ignore_colors)")
+        if self.ignore_colors is not None:
+            if self.label_encoding != "color":
+                problems["ignore_colors"] = ("only colour masks (label_encoding: color) have colours; under index, "
+                                             "255 is ignore")
+            elif any(not 0 <= v <= 255 for colour in self.ignore_colors for v in colour):
+                problems["ignore_colors"] = "each colour is [r, g, b], each in 0..255"
         if not 0 < self.val_share < 1:
             problems["val_share"] = "must be in (0, 1)"
         if self.num_classes < 2 or self.num_classes > 254:
@@ -406,9 +431,9 @@ class CellConfig:
         replicas = math.gcd(self.data.batch_size, self.train.reference_replicas)
         per_replica = -(-num_train_images // replicas)
         per_epoch = per_replica // (self.data.batch_size // replicas)
-        if per_epoch == 0:
-            raise ValueError(f"{num_train_images} training images cannot fill one batch of "
-                             f"{self.data.batch_size} ({self.cell.dataset}, preset {self.preset.name})")
+        if per_epoch == 0 or num_train_images < self.data.batch_size:  # the sampler takes whole batches
+            raise TooFewImages(too_few_to_train(self.cell.dataset, num_train_images, self.data.batch_size,
+                                                f"preset {self.preset.name}"))
         return self.data.epochs * per_epoch
 
     def to_dict(self) -> dict[str, Any]:
@@ -710,14 +735,26 @@ def _build_datasets(doc: Any, path: Path) -> tuple[dict[str, DatasetRecipe], dic
             raise ParamsError(f"{_where(path, (name,))}: unknown dataset '{name}': a dataset of your own needs "
                               f"layout: folder and source: <its folder>; the paper's are {', '.join(DATASETS)}")
         given = _fields(DatasetRecipe, raw, path, (name,), partial=True)
-        if "num_classes" not in given:
-            raise ParamsError(f"{_where(path, (name,))}: missing key 'num_classes' (the lines of its classes.txt)")
+        if "num_classes" not in given:  # classes.txt owns it; where the entry gives it too, prepare checks both agree
+            if not given.get("source"):
+                raise ParamsError(f"{_where(path, (name, 'source'))}: a dataset of layout folder needs its folder: "
+                                  "source: path/to/folder")
+            given["num_classes"] = classes_listed(Path(given["source"]), _where(path, (name,)))
         voc = datasets["voc"]
         full = {"title": name, **FOLDER_DEFAULTS, **{k: getattr(voc, k) for k in FOLDER_FROM_VOC}, **given}
         datasets[name] = DatasetRecipe(**full)
         _check(datasets[name], path, (name,))
         own_keys[name] = frozenset(given)
     return datasets, own_keys
+
+
+def classes_listed(folder: Path, where: str) -> int:
+    """The classes a folder's classes.txt lists (its non-empty lines; prepare checks them whole)."""
+    listed = folder / "classes.txt"
+    if not listed.is_file():
+        raise ParamsError(f"{where}: no num_classes, and {listed}, which gives it, is not there: put the folder "
+                          "there (source), or give num_classes")
+    return sum(1 for line in listed.read_text().splitlines() if line.strip())
 
 
 def _build_preset(name: str, raw: Any, base: Mapping[str, Any], path: Path, cells: Mapping[str, Cell]) -> Preset:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Callable, Literal
 
 from deeplab import device as devices
-from deeplab.config import DatasetRecipe, Params, Preset
-from deeplab.data.folder import FolderError, check_classes, image_count, source_files
+from deeplab.config import DatasetRecipe, Params, Preset, too_few_to_train
+from deeplab.data.folder import (FolderError, check_classes, find_pairs, image_count, read_splits, source_files,
+                                 spec_of)
 from deeplab.data.sources import (ARCHIVES, DISK_GIB, IMAGENET_WEIGHTS, PREPARED_SHARE, RUN_GIB, SYNTHETIC_GIB,
                                   arrays_gib)
 from deeplab.datasets import stored_arrays
@@ -175,10 +176,14 @@ def folder_check(dataset: str, recipe: DatasetRecipe) -> Check:
             return Check("FAIL", name, f"{unreadable[0]} (and {len(unreadable) - 1} more) cannot be read: fix the "
                                        "permissions")
         images = image_count(files)
+        splits, drawn = read_splits(folder, [pair.stem for pair in find_pairs(folder)], spec_of(recipe))
     except FolderError as error:
         return Check("FAIL", name, str(error).splitlines()[0])
-    return Check("OK", name, f"your folder {folder}: {images} images, {recipe.num_classes} classes (prepare checks "
-                             "every image and mask before it writes)")
+    if len(splits["train"]) < recipe.batch_size:
+        return Check("FAIL", name, too_few_to_train(dataset, len(splits["train"]), recipe.batch_size,
+                                                    "drawn from the folder" if drawn else "splits/train.txt"))
+    return Check("OK", name, f"your folder {folder}: {images} images ({len(splits['train'])} to train on), "
+                             f"{recipe.num_classes} classes (prepare checks every image and mask before it writes)")
 
 
 def dataset_checks(params: Params, preset: Preset, datasets: list[str]) -> list[Check]:

@@ -54,6 +54,8 @@ NO_CODE_DEPS = {
 MODULE_FLAG = re.compile(r"-m\s+(pipeline\.\w+)")
 CODE_DEP = re.compile(r"^(\s+)- ([\w./-]+\.py)\s*$")
 TABLE_INPUT = re.compile(r"^(\s+)- (\$\{results\}/\S+/metrics\.json)\s*$")
+CLASSES_INPUT = re.compile(r"^(\s+)- (\S+/classes\.txt)\s*$")
+LAST_PARAM_FILE = re.compile(r"^(\s+)- params/presets\.yaml\s*$")
 PARAM_FILES = tuple(f"params/{name}" for name in ("cells.yaml", "datasets.yaml", "model.yaml", "train.yaml",
                                                    "evaluate.yaml", "presets.yaml"))
 
@@ -168,6 +170,28 @@ def with_table_inputs(text: str, inputs: list[str]) -> str:
     return "".join(out)
 
 
+def with_records_inputs(text: str, inputs: list[str]) -> str:
+    """``text`` of dvc.yaml with the records stage's classes.txt deps written from ``inputs``, after its
+    params files."""
+    out, stage = [], None
+    for line in text.splitlines(keepends=True):
+        header = re.match(r"^  (\w+):\s*$", line)
+        stage = header.group(1) if header else stage
+        if stage == "records" and CLASSES_INPUT.match(line):
+            continue
+        out.append(line)
+        match = LAST_PARAM_FILE.match(line)
+        if stage == "records" and match:
+            out.extend(f"{match.group(1)}- {path}\n" for path in inputs)
+    return "".join(out)
+
+
+def records_inputs(params: Params) -> list[str]:
+    """The classes.txt of each dataset of your own: its class count, which is in the training record, is
+    read from there when the entry does not give it."""
+    return [f"{Path(params.datasets[name].source or '').as_posix()}/classes.txt" for name in params.own_datasets]
+
+
 def table_inputs(params: Params, preset: str) -> list[str]:
     """The table stage's metrics inputs, one per run, as dvc.yaml spells them."""
     results = params.preset(preset).results_dir
@@ -207,7 +231,7 @@ def owned_paths(params: Params, preset: str, stage_name: str, item: dict[str, An
     run = params.resolve(item["cell"], preset, int(item["args"].split("--seed ")[1]) if "--seed" in item["args"]
                          else None) if "args" in item else None
     return {
-        "records": lambda: {paths.records_dir(), *PARAM_FILES},
+        "records": lambda: {paths.records_dir(), *PARAM_FILES, *records_inputs(params)},
         "download_dataset": lambda: {paths.raw_dir(item["dataset"])},
         "download_weights": lambda: {paths.weights_manifest(item["backbone"])},
         "prepare_dataset": lambda: {paths.raw_dir(item["dataset"]), paths.record("prepare", item["dataset"]),
@@ -279,7 +303,8 @@ def expected(params: Params) -> tuple[dict[Path, str], list[str]]:
         deps = code_deps(yaml.safe_load(text))
         files[path] = with_code_deps(text, deps, path)
         if path == PIPELINE:
-            files[path] = with_table_inputs(files[path], table_inputs(params, "full"))
+            files[path] = with_records_inputs(with_table_inputs(files[path], table_inputs(params, "full")),
+                                              records_inputs(params))
         doc = yaml.safe_load(files[path])
         problems += check_paths(doc, params, base, path)
         if path == PIPELINE:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(preset.paths.prepared_dir(args.dataset))
         if recipe.folder:
             meta = prepare_folder(Path(recipe.source), out, spec_of(recipe), args.dataset, args.workers,
-                                  num_classes=recipe.num_classes)
+                                  num_classes=recipe.num_classes, batch_size=recipe.batch_size)
         else:
             expected = recipe.expected_counts if preset.expect_official_counts else None
             meta = prepare(args.dataset, Path(preset.paths.raw_dir(args.dataset)), out, expected_counts=expected,

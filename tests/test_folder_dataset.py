@@ -105,7 +105,9 @@ def test_colour_masks_and_binary_masks_with_label_values(tmp_path: Path) -> None
     for path in (binary / "labels").iterdir():
         raw = np.where(read_label(path).numpy() == 2, 255, 0).astype(np.uint8)
         Image.fromarray(raw, mode="L").save(path)
-    with pytest.raises(FolderError, match=r"holds only 0 and 255.*label_values: \{0: 0, 255: 1\}"):
+    with pytest.raises(FolderError, match=r"no mask holds a class other than 0, and 4 hold only the values 0 and "
+                                          r"255 \(img00.png, img01.png, img02.png, img03.png\).*"
+                                          r"label_values: \{0: 0, 255: 1\}"):
         prepare_folder(binary, tmp_path / "refused", FolderSpec(), workers=1)
     assert not (tmp_path / "refused").exists()
     prepare_folder(binary, tmp_path / "out-binary", FolderSpec(label_values={0: 0, 255: 1}), workers=1)
@@ -134,10 +136,13 @@ def test_unmatched_images_and_labels_are_named(tmp_path: Path) -> None:
 
 def test_a_mask_of_another_size_is_refused_also_against_the_exif_orientation(tmp_path: Path) -> None:
     folder = write_folder(tmp_path / "f", n=4)
-    Image.fromarray(mask(30, 39).T.copy(), mode="L").save(folder / "labels" / "img01.png")  # the stored orientation
-    message = refused(tmp_path, folder)
-    assert message == (f"{folder / 'labels' / 'img01.png'}: 30x39 (w x h), its image img01.jpg 39x30 (as a viewer "
-                       "shows it: its EXIF orientation applied): a mask must have its image's size")
+    Image.fromarray(mask(31, 40), mode="L").save(folder / "labels" / "img01.png")  # neither 39x30 nor 30x39
+    assert refused(tmp_path, folder) == (
+        f"{folder / 'labels' / 'img01.png'}: 40x31 (w x h), its image img01.jpg 30x39 (as stored; EXIF orientation 6, "
+        "a viewer shows it 39x30): a mask must have its image's size")
+    Image.fromarray(mask(31, 40), mode="L").save(folder / "labels" / "img02.png")
+    assert f"{folder / 'labels' / 'img02.png'}: 40x31 (w x h), its image img02.png 41x31: a mask must have its " \
+        "image's size" in refused(tmp_path, folder).splitlines()
 
 
 def test_a_value_that_is_no_class_is_named_with_its_pixel(tmp_path: Path) -> None:
@@ -157,7 +162,8 @@ def test_a_colour_that_is_no_class_is_named_with_its_pixel(tmp_path: Path) -> No
     rgb[2, 5] = (1, 2, 3)
     Image.fromarray(rgb).save(folder / "labels" / "img03.png")
     assert refused(tmp_path, folder, FolderSpec(encoding="color")) == (
-        f"{folder / 'labels' / 'img03.png'}: colour (1, 2, 3) at pixel (x=5, y=2) is none of classes.txt's colours")
+        f"{folder / 'labels' / 'img03.png'}: colour (1, 2, 3) at pixel (x=5, y=2) is none of classes.txt's colours; "
+        "a colour that means ignore (a boundary): ignore_colors: [[1, 2, 3]]")
 
 
 @pytest.mark.parametrize("text, encoding, expected", [
@@ -205,9 +211,9 @@ def test_the_tool_checks_a_folder_in_one_line_per_problem_and_prepares_it(tmp_pa
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import pipeline.folder
     folder = write_folder(tmp_path / "mine", n=4)
-    assert pipeline.folder.main([str(folder)]) == 0
+    assert pipeline.folder.main([str(folder), "--batch-size", "3"]) == 0
     assert f"pipeline.folder: {folder}: fine: 3 train, 1 val, 3 classes" in capsys.readouterr().out
-    assert pipeline.folder.main([str(folder), "--out", str(tmp_path / "ready")]) == 0
+    assert pipeline.folder.main([str(folder), "--out", str(tmp_path / "ready"), "--batch-size", "3"]) == 0
     assert (tmp_path / "ready" / "meta.json").is_file()
     capsys.readouterr()
     (folder / "labels" / "img00.png").unlink()

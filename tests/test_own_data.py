@@ -53,7 +53,8 @@ def test_adding_a_dataset_of_your_own_changes_no_paper_runs_record(params_dir: P
 @pytest.mark.parametrize("entry, cells, message", [
     ({"source": "x", "num_classes": 3}, CELLS, "unknown dataset 'pets': a dataset of your own needs layout: folder"),
     ({"layout": "folder", "num_classes": 3}, CELLS, "pets.source: a dataset of layout folder needs its folder"),
-    ({"layout": "folder", "source": "x"}, CELLS, "missing key 'num_classes'"),
+    ({"layout": "folder", "source": "x"}, CELLS, "pets: no num_classes, and x/classes.txt, which gives it, is not there"),
+    ({"layout": "folder"}, CELLS, "pets.source: a dataset of layout folder needs its folder"),
     ({**PETS, "label_values": {0: 0, 255: 7}}, CELLS, "pets.label_values: 255: 7: each entry maps a mask value"),
     ({**PETS, "label_encoding": "rgb"}, CELLS, "pets.label_encoding: 'rgb' is not one of 'index', 'color'"),
     ({**PETS, "crop": 5}, CELLS, "pets.crop: unknown key 'crop'"),
@@ -92,9 +93,9 @@ def test_the_doctor_checks_the_folder(tmp_path: Path, params_dir: Path, monkeypa
     preset = params.preset("smoke")
     [missing] = dataset_checks(params, preset, ["pets"])
     assert missing.status == "FAIL" and "mydata/pets: not found or not a folder" in missing.text
-    write_learnable_folder(tmp_path / "mydata" / "pets", n=6)
+    write_learnable_folder(tmp_path / "mydata" / "pets", n=10)
     [fine] = dataset_checks(params, preset, ["pets"])
-    assert fine.status == "OK" and "6 images, 3 classes" in fine.text
+    assert fine.status == "OK" and "10 images (9 to train on), 3 classes" in fine.text
     (tmp_path / "mydata" / "pets" / "classes.txt").write_text("background\ncat\n")
     [wrong] = dataset_checks(params, preset, ["pets"])
     assert wrong.status == "FAIL" and "classes.txt: 2 classes, but params/datasets.yaml pets.num_classes says 3" \
@@ -160,7 +161,7 @@ def test_dvc_picks_the_new_dataset_and_cells_up_from_params(tmp_path: Path) -> N
     from VOC's entry."""
     checkout = copy_checkout(tmp_path / "copy")
     write_learnable_folder(checkout / "mydata" / "pets", n=6)
-    declare(checkout / "params", "pets", PETS,
+    declare(checkout / "params", "pets", {"layout": "folder", "source": "mydata/pets"},  # classes.txt: 3 classes
             {**CELLS, "pets-r50-os8": {**CELLS["pets-r50-os16"], "output_stride": 8, "init": "voc-r50-os16"}})
     check = subprocess.run([str(BIN / "python"), "-m", "pipeline.dvc_presets", "--check"], cwd=checkout,
                            env=tool_env(), capture_output=True, text=True, timeout=300)
@@ -184,8 +185,14 @@ def test_dvc_picks_the_new_dataset_and_cells_up_from_params(tmp_path: Path) -> N
     assert {"results/smoke/voc-r50-os16/model.pt", "results/smoke/records/train/pets-r50-os8.json"} <= \
         {d.def_path for d in tuned.deps}
     record = json.loads((checkout / "results/smoke/records/train/pets-r50-os8.json").read_text())
-    params = load_params(checkout / "params")
+    with contextlib.chdir(checkout):  # sources are relative to the project root
+        params = load_params(checkout / "params")
     assert record["parent"] == {"cell": "voc-r50-os16",
                                 "training_digest": params.resolve("voc-r50-os16", "smoke").training_digest()}
     assert record["data"]["num_classes"] == 3 and record["data"]["crop_size"] == [32, 32]  # its own, and VOC's
     assert "mydata/pets" in {d.def_path for d in stages["smoke/dvc.yaml:prepare_folder@pets"].deps}
+    assert "mydata/pets/classes.txt" in {d.def_path for d in stages["smoke/dvc.yaml:records"].deps}
+    with (checkout / "mydata" / "pets" / "classes.txt").open("a") as classes:  # a class more: the records follow
+        classes.write("bird\n")
+    status = json.loads(run_tool(["dvc", "status", "smoke/dvc.yaml", "--json"], checkout, timeout=300).stdout)
+    assert "smoke/dvc.yaml:records" in status

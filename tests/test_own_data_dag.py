@@ -21,7 +21,7 @@ from folder_fixtures import declare, write_learnable_folder
 pytestmark = pytest.mark.slow
 
 OWN = {  # dataset -> (mask kind, params entry); their cells: <dataset>-r50-os16
-    "pets": ("index", {"layout": "folder", "source": "mydata/pets", "num_classes": 3}),
+    "pets": ("index", {"layout": "folder", "source": "mydata/pets"}),  # README's entry: classes.txt gives the count
     "shapes": ("color", {"layout": "folder", "source": "mydata/shapes", "num_classes": 3, "label_encoding": "color"}),
     "spots": ("binary", {"layout": "folder", "source": "mydata/spots", "num_classes": 2,
                          "label_values": {0: 0, 255: 1}, "title": "Spots (binary)"}),
@@ -55,7 +55,7 @@ def own_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
 def test_each_folder_dataset_reaches_a_table_section_of_its_own(own_run: tuple[Path, str, str]) -> None:
     checkout, output, _ = own_run
     assert "pipeline.doctor: nothing blocks preset smoke" in output
-    assert "data pets" in output and "your folder mydata/pets: 24 images, 3 classes" in output  # the doctor's line
+    assert "data pets" in output and "your folder mydata/pets: 24 images (22 to train on), 3 classes" in output  # the doctor's line
     table = (checkout / "results/smoke/table.md").read_text()
     for name, title in (("pets", "pets"), ("shapes", "shapes"), ("spots", "Spots (binary)")):
         section = table.split(f"#### {title}\n", 1)[1].split("####", 1)[0]
