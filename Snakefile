@@ -48,7 +48,7 @@ def record(kind, name):
 # (names, paths, errors, validation). Snakemake judges them by time: an edit reruns the jobs; to accept one
 # that changes no number, `snakemake --touch` marks their outputs as up to date.
 CODE = {name: stage_code([f"pipeline.{name}"], Path(workflow.basedir)) for name in ("prepare", "store_arrays",
-                                                                                     "train", "evaluate")}
+                                                                                     "train", "evaluate", "export")}
 
 def doctor_scope():
     """The doctor's --cell/--dataset arguments for the jobs this DAG is about to run: the cells of its
@@ -91,7 +91,7 @@ wildcard_constraints:
     cell="|".join(map(re.escape, CELLS)),
 
 # Small, network-bound or bookkeeping jobs stay on the submitting host under a cluster executor.
-localrules: all, download_dataset, download_weights, download_reference_log, init_tracking, make_table, reference_table
+localrules: all, export, download_dataset, download_weights, download_reference_log, init_tracking, make_table, reference_table
 COMPARES = PARAMS.preset(PRESET).schedule_must_match_reference  # fetch each cell's reference log before it trains
 
 
@@ -260,6 +260,30 @@ rule make_table:
         per_class=in_results(PATHS.per_class_iou()),
     log: PATHS.log("make_table", "{results}")  # every file of a rule names its wildcards: logs/<preset>/make_table/<results>.log
     shell: "{PY} -m pipeline.table {STAGE_ARGS} > {log} 2>&1"
+
+
+# Each run's model as ONNX, checked against PyTorch: asked for by name, never by the table
+# (`snakemake --cores all export`, or one: `snakemake --cores all results/voc-r50-os8/model.onnx`).
+rule export:
+    input: [PATHS.run(run).onnx for run in RUNS]
+
+
+rule export_onnx:
+    input:
+        model=rules.train_cell.output.model,
+        meta=lambda w: PATHS.prepared_meta(RUNS[w.run].cell.dataset),  # the check's images
+        tracking=ancient(rules.init_tracking.output.store),
+        record=lambda w: record("evaluate", w.run)[0],
+        code=CODE["export"],
+    output:
+        onnx=PATHS.run("{run}").onnx,
+        check=PATHS.run("{run}").onnx_check,
+    log: PATHS.log("export_onnx", "{run}")
+    params:
+        evaluation_record=lambda w: record("evaluate", w.run)[1],  # the test size and normalisation in the graph
+        run=run_args,
+    resources: mem_mb=8000
+    shell: "{PY} -m pipeline.export {params.run} {STAGE_ARGS} > {log} 2>&1"
 
 
 # The reference's released weights through our evaluation (needs the network and the prepared data, not the

@@ -7,7 +7,8 @@ Two lists, each entry with its reason, are the only ways out:
 
 - ``NOT_OUTPUT_CODE``: modules no stage output is written through; they are not followed either.
 - ``BOOKKEEPING``: modules that name, check, file, log or schedule the work of the stages whose outputs are
-  decided by a record (``RECORDED``: preparation, the stored arrays, training, evaluation). What they decide
+  decided by a record (``RECORDED``: preparation, the stored arrays, training, evaluation, and the ONNX export,
+  which depends on the evaluation's record and the trained model). What they decide
   reaches such a stage through its record file (deeplab.records), never through their code, so editing them
   (a reworded error, a new path helper, a validation rule) reruns none of those stages. They are followed (the
   numerics they import count), not listed.
@@ -28,7 +29,7 @@ NOT_OUTPUT_CODE = {
                              "being trained; it changes no weight, and the evaluation stage's deps hold its code",
 }
 # The stages whose outputs a record decides (pipeline.<name>), and the modules that only do their bookkeeping.
-RECORDED = ("prepare", "store_arrays", "train", "evaluate")
+RECORDED = ("prepare", "store_arrays", "train", "evaluate", "export")
 BOOKKEEPING = {
     "deeplab/config.py": "validates params/ and computes the records: what it decides reaches a stage as its record "
                          "file (the records stage depends on this module)",

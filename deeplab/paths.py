@@ -53,6 +53,16 @@ class CellFiles:
         return f"{self.dir}/model.pt"
 
     @property
+    def onnx(self) -> str:
+        """The model as ONNX (pipeline.export, asked for by name): written only once its check passed."""
+        return f"{self.dir}/model.onnx"
+
+    @property
+    def onnx_check(self) -> str:
+        """How the ONNX model agreed with the PyTorch model on the dataset's own images (JSON)."""
+        return f"{self.dir}/model.onnx.json"
+
+    @property
     def metrics(self) -> str:
         """The evaluation's numbers and provenance; written last by evaluation."""
         return f"{self.dir}/metrics.json"

@@ -41,6 +41,18 @@ def _job_blocks(dry_run: str, rule: str) -> list[str]:
     return [b for b in blocks if re.match(rf"(\[[^\]]+\]\n)?(local)?rule {rule}:", b)]
 
 
+def test_the_export_target_exports_every_run_and_only_when_asked(checkout: Path) -> None:
+    """`snakemake export`: one export per run after its training (the table's DAG above has none)."""
+    out = _dry_run(checkout, "export", "--config", "preset=smoke")
+    exports = _job_blocks(out, "export_onnx")
+    runs = {re.search(r"wildcards: run=(\S+)", b).group(1) for b in exports}  # type: ignore[union-attr]
+    assert runs == {run.run_key for run in PARAMS.runs("smoke")}
+    tuned = next(b for b in exports if "run=voc-r50-os16/seed1" in b)
+    assert "-m pipeline.export --cell voc-r50-os16 --seed 1 --preset smoke" in tuned
+    assert PARAMS.preset("smoke").paths.cell("voc-r50-os16", 1).onnx in tuned
+    assert "evaluate_cell" not in Counter(re.findall(r"(?m)^(?:local)?rule (\w+):", out))
+
+
 def test_full_dry_run_lists_12_train_jobs_with_one_gpu_and_12_evaluations(checkout: Path) -> None:
     out = _dry_run(checkout, "results/table.md")
     train, evaluate = _job_blocks(out, "train_cell"), _job_blocks(out, "evaluate_cell")
@@ -144,9 +156,16 @@ def test_dvc_smoke_pipeline_is_generated_from_the_full_one(checkout: Path) -> No
     """smoke/dvc.yaml is dvc.yaml on the smoke preset's folders, and the check catches a hand edit or a path
     of dvc.yaml that is not deeplab.paths'."""
     stages = _dvc_stages(checkout)
-    smoke = {name.removeprefix("smoke/dvc.yaml:"): s for name, s in stages.items() if name.startswith("smoke/")}
+    smoke = {name.removeprefix("smoke/dvc.yaml:"): s for name, s in stages.items() if name.startswith("smoke/dvc.yaml:")}
     full = {name: s for name, s in stages.items() if "/" not in name.split(":")[0]}
     paths = PARAMS.preset("smoke").paths
+    exports = {name: s for name, s in stages.items() if "export/dvc.yaml:" in name}  # asked for by name only
+    assert not [name for name in full if "export" in name]
+    assert set(exports) == {f"export/dvc.yaml:export_onnx@{r.run_key.replace('/', '-')}" for r in PARAMS.runs("full")} \
+        | {f"smoke/export/dvc.yaml:export_onnx@{r.run_key.replace('/', '-')}" for r in PARAMS.runs("smoke")}
+    tuned = exports["smoke/export/dvc.yaml:export_onnx@voc-r50-os16-seed1"]
+    assert tuned.wdir == str(checkout) and "--cell voc-r50-os16 --seed 1 --preset smoke" in tuned.cmd
+    assert {o.def_path for o in tuned.outs} == {paths.cell("voc-r50-os16", 1).onnx, paths.cell("voc-r50-os16", 1).onnx_check}
     for name, stage in ((n, s) for n, s in smoke.items() if n in full):
         assert stage.wdir == str(checkout), name  # runs from the project root like the full stages
         assert stage.cmd == full[name].cmd.replace("--preset full", "--preset smoke"), name
