@@ -395,8 +395,10 @@ class CellConfig:
 
     @property
     def run_name(self) -> str:
-        """The MLflow run's name: the cell id, with the seed for further seeds."""
-        return f"{self.cell.id} seed {self.train.seed}" if self.extra_seed else self.cell.id
+        """The run's name wherever a person reads it (MLflow, the report, DVC's plot titles, warnings): its key,
+        the cell id or ``<cell>/seed<k>`` for a further seed, as its folder is named. Names that cannot hold
+        a "/" (DVC's stage names, MLflow's model names) spell it ``<cell>-seed<k>``."""
+        return self.run_key
 
     @property
     def prepared_dir(self) -> str:

@@ -236,10 +236,12 @@ def to_html(markdown: str, note: str) -> str:
 
 def footnotes(runs: list[tuple[str, Finished]]) -> str:
     """The notes under a section for its runs marked † (BatchNorm below the reference's) or ‡ (not fp32)."""
-    seeded = {cell for cell, _ in runs if sum(c == cell for c, _ in runs) > 1}
+    first = {}
+    for cell, run in runs:  # a cell's first run is its own folder; further seeds are named as their folders
+        first.setdefault(cell, run)
 
     def name(cell: str, run: Finished) -> str:
-        return f"{cell} seed {run.seed}" if cell in seeded else cell
+        return cell if run is first[cell] else f"{cell}/seed{run.seed}"
     small = [f"{name(cell, run)} {run.batchnorm_images} (reference {run.doc['reference_batchnorm_images']})"
              for cell, run in runs if run.small_batchnorm]
     other = [f"{name(cell, run)} {run.precision}" for cell, run in runs if run.not_fp32]

@@ -112,7 +112,7 @@ def test_seeds_give_one_run_per_cell_and_seed(params_dir: Path) -> None:
     assert [run.run_key for run in smoke if run.cell.id == "voc-r50-os16"] == ["voc-r50-os16", "voc-r50-os16/seed1"]
     first, second = params.resolve("voc-r50-os16", "smoke"), params.resolve("voc-r50-os16", "smoke", 1)
     assert (first.train.seed, second.train.seed) == (0, 1) and first.training_digest() != second.training_digest()
-    assert second.files.model == "results/smoke/voc-r50-os16/seed1/model.pt" and second.run_name == "voc-r50-os16 seed 1"
+    assert second.files.model == "results/smoke/voc-r50-os16/seed1/model.pt" and second.run_name == "voc-r50-os16/seed1"
     with pytest.raises(KeyError, match=r"seed 5 is not one of cell voc-r50-os16's seeds under preset smoke \(\[0, 1\]; presets\.smoke\.seeds"):
         params.resolve("voc-r50-os16", "smoke", 5)
     _edit(params_dir / "presets.yaml", "seeds: {voc-r50-os16: [0, 1]}", "seeds: {voc-r50-os17: [0, 1]}")

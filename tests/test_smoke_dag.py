@@ -8,18 +8,22 @@ one stage at a time, runs the same DAG with one epoch per cell (a reduced config
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 
 from deeplab import serving
 from deeplab.config import load_params
+from deeplab.data.synthetic import drawn_classes
 from deeplab.datasets import manifest_hash
-from tests.dag_fixtures import ROOT, copy_checkout, run_tool, tool_env
+from tests.dag_fixtures import BIN, ROOT, copy_checkout, run_tool, tool_env
 
 DAG_TIMEOUT_S = 1500  # one whole DAG; the per-test limit below covers the module fixture that runs it
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DAG_TIMEOUT_S + 600)]
@@ -155,6 +159,24 @@ def test_snakemake_runs_the_smoke_dag(snakemake_run: tuple[Path, str]) -> None:
     assert "pipeline.doctor: nothing blocks preset smoke" in output, output[-3000:]  # onstart ran it first
 
 
+def test_the_demo_draws_the_classes_readme_names(snakemake_run: tuple[Path, str]) -> None:
+    """README's list of each synthetic dataset's classes, the generator's, and the classes the demo's val
+    labels hold (each run's class_iou.csv; a class no label holds appears there only with IoU 0, where the
+    model predicted it) are one list."""
+    checkout, _ = snakemake_run
+    text = " ".join((ROOT / "README.md").read_text().split())
+    named = re.search(r"official label space \(VOC: (.*?); ADE20k: (.*?); Cityscapes: (.*?)\)", text)
+    assert named, "README's sentence naming the demo's classes moved: update this test"
+    for dataset, listed in zip(("voc", "ade20k", "cityscapes"), named.groups()):
+        assert listed.split(", ") == drawn_classes(dataset)
+        for run in (r for r in RUNS if r.cell.dataset == dataset):
+            with open(checkout / run.files.class_iou, newline="") as scored:
+                iou = {row["class"]: float(row["IoU"]) for row in csv.DictReader(scored)}
+            assert set(drawn_classes(dataset)) <= set(iou), run.run_key  # every drawn class is in the val labels
+            assert all(iou[name] == 0 for name in set(iou) - set(drawn_classes(dataset))), run.run_key  # others
+            # only where the model predicted a class no label holds
+
+
 def test_readme_loads_a_demo_model_from_the_registry(snakemake_run: tuple[Path, str]) -> None:
     """README's Python lines, run against the demo's store: the demo's registered name loads and predicts."""
     checkout, uri = snakemake_run
@@ -266,7 +288,7 @@ def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_p
     run_tool(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], checkout, timeout=300)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert not re.search(r"<script[^>]+src=", page) and "window.vegaEmbed" in page  # renders offline
-    assert "cityscapes-r101-os16, val IoU per class" in page and "voc-r50-os16 seed 1, val IoU per class" in page
+    assert "cityscapes-r101-os16, val IoU per class" in page and "voc-r50-os16/seed1, val IoU per class" in page
     assert "has not run yet" in page and "dvc plots show smoke/dvc.yaml" in page  # DVC's own warning names no file
     shown = run_tool(["dvc", "plots", "show", "smoke/dvc.yaml", "-o", str(tmp_path / "demo")], checkout, timeout=300)
     assert "failed to load" not in shown.stdout + shown.stderr  # README's command for the demo's plots alone
@@ -275,3 +297,88 @@ def test_dvc_metrics_plots_and_experiments_work(dvc_run: tuple[Path, str], tmp_p
     run_tool(["dvc", "exp", "run", "smoke/dvc.yaml", "-S", "params/cells.yaml:cells.voc-r50-os16.reference_miou=70.0"],
              checkout, timeout=600, MLFLOW_TRACKING_URI=uri)
     assert re.search(r"\|\s*70\.00%\s*\|", (checkout / "results" / "smoke" / "table.md").read_text())
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+WINDOWS = [(1600, 1000), (1280, 720)]
+
+
+@contextlib.contextmanager
+def chromium_pages() -> Iterator[Any]:
+    """A headless Chromium (the system's binary, driven by playwright) for the browser tests."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium binary on the PATH (README: the browser tests)")
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_the_report_opens_at_its_title_and_its_links_resolve(snakemake_run: tuple[Path, str]) -> None:
+    """README's report, as a person opens it: the title in the window at scroll 0 at both window sizes (the
+    report's layout centres a page vertically, which put a tall home page's top out of reach), and every link
+    of the results tables pointing at a file of the run (links from the project root, where it is written)."""
+    checkout, uri = snakemake_run
+    report = checkout / "report.html"
+    if not report.is_file():
+        run_tool(["snakemake", "--report", "report.html", "--config", "preset=smoke"], checkout, timeout=600,
+                 MLFLOW_TRACKING_URI=uri)
+    assert "report.html" not in subprocess.run(["git", "status", "--porcelain"], cwd=checkout, capture_output=True,
+                                               text=True, check=True).stdout  # README's command leaves git clean
+    with chromium_pages() as browser:
+        for width, height in WINDOWS:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(report.as_uri())
+            title = page.get_by_role("heading", name=re.compile(r"DeepLabV3\+ on PASCAL VOC"))
+            title.wait_for(timeout=60_000)
+            box = title.bounding_box()
+            assert box and 0 <= box["y"] and box["y"] + box["height"] <= height, (width, height, box)
+            assert page.evaluate("window.scrollY") == 0
+            links = page.locator(".results-table a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+            assert len(links) == 3 * len(CELLS), links  # cfg | model | log of each cell
+            assert [link for link in links if not (checkout / link).is_file()] == []
+            page.close()
+
+
+@pytest.mark.browser
+def test_the_mlflow_ui_shows_every_runs_miou_at_the_readme_link(snakemake_run: tuple[Path, str]) -> None:
+    """README's `mlflow ui` command and link, in a fresh browser (its assistant panel open): every run's mIoU
+    is in view beside its name, left of the panel; at 1600x1000 all 13 rows fit without scrolling."""
+    import socket
+
+    from deeplab.tracking import ui_link
+    checkout, uri = snakemake_run
+    marker = json.loads((checkout / PARAMS.preset("smoke").paths.tracking_marker()).read_text())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=tool_env())
+    try:
+        for line in server.stdout:  # README's sign that it answers (its workers' first start-up is complete)
+            if "Application startup complete" in line:
+                break
+        else:
+            raise AssertionError(f"mlflow ui exited with {server.wait()}")
+        with chromium_pages() as browser:
+            for width, height in WINDOWS:
+                page = browser.new_page(viewport={"width": width, "height": height})
+                page.goto(ui_link(f"http://127.0.0.1:{port}", marker["experiment_id"]))
+                cells = page.locator('[role="gridcell"][col-id="metrics.`mIoU`"]')
+                cells.nth(len(RUNS) - 1).wait_for(timeout=120_000)
+                panel = page.get_by_text("MLflow Assistant", exact=True)
+                right = min(width, panel.bounding_box()["x"]) if panel.count() and panel.is_visible() else width
+                boxes = [cells.nth(k).bounding_box() for k in range(cells.count())]
+                assert len(boxes) == len(RUNS) and all(float(cells.nth(k).inner_text()) > 0 for k in range(len(RUNS)))
+                assert all(0 <= box["x"] and box["x"] + box["width"] <= right for box in boxes), (width, right, boxes)
+                if height >= 1000:
+                    assert all(box["y"] + box["height"] <= height for box in boxes), boxes
+                page.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -38,6 +38,20 @@ Member = tuple[str, bytes]  # (path inside the archive, content)
 # VOC background + bird, car, dog, person; ADE20k wall, floor, bed, person, chair; Cityscapes labelIds
 # road, sidewalk, building, vegetation, sky, car (plus void regions: ground, static).
 PAINTED = {"voc": (3, 7, 12, 15), "ade20k": (1, 4, 8, 13, 20), "cityscapes": (7, 8, 11, 21, 23, 26)}
+
+
+def drawn_classes(dataset: str) -> list[str]:
+    """The classes a synthetic dataset's labels hold, by their names in the prepared label space: what the
+    demo's per-class numbers list and README names (VOC's and ADE20k's backgrounds included)."""
+    from deeplab.data.labels import VOC_CLASSES, cityscapes_label_to_train_lut, cityscapes_train_classes
+    if dataset == "voc":
+        return [VOC_CLASSES[0], *(VOC_CLASSES[v] for v in PAINTED["voc"])]
+    if dataset == "ade20k":
+        return [ADE20K_CLASSES[v - 1] for v in PAINTED["ade20k"]]  # raw 1..150 -> 0..149
+    names, lut = cityscapes_train_classes()[0], cityscapes_label_to_train_lut()
+    return [names[lut[v]] for v in PAINTED["cityscapes"]]
+
+
 DEMO_SIZES = {"voc": {"voc_train": 40, "voc_val": 16, "sbd_only": 80, "height": 48, "width": 64},
               "ade20k": {"train": 120, "val": 16, "height": 48, "width": 64},
               "cityscapes": {"per_city_train": 40, "per_city_val": 6, "per_city_test": 1, "height": 48,
@@ -255,7 +269,7 @@ def _write_voc(raw_dir: Path, rng: np.random.Generator, *, voc_train: int = 12, 
 
 
 def _voc_scene(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    label = shapes_label(rng, h, w, np.array(PAINTED["voc"][1:]), fill=0, count=int(rng.integers(1, 4)))
+    label = shapes_label(rng, h, w, np.array(PAINTED["voc"]), fill=0, count=int(rng.integers(1, 4)))
     return paint(label, textured_background(rng, h, w), rng, "voc", keep=label == 0), label
 
 
