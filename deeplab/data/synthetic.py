@@ -30,7 +30,8 @@ import scipy.io
 import scipy.sparse
 from PIL import Image
 
-from deeplab.data.labels import ADE20K_CLASSES, IGNORE_INDEX, voc_palette
+from deeplab.data.labels import (ADE20K_CLASSES, IGNORE_INDEX, VOC_CLASSES, cityscapes_label_to_train_lut,
+                                 cityscapes_train_classes, voc_palette)
 
 MTIME = 1_336_694_400  # 2012-05-11, fixed so archives are reproducible byte for byte
 Member = tuple[str, bytes]  # (path inside the archive, content)
@@ -38,24 +39,21 @@ Member = tuple[str, bytes]  # (path inside the archive, content)
 # VOC background + bird, car, dog, person; ADE20k wall, floor, bed, person, chair; Cityscapes labelIds
 # road, sidewalk, building, vegetation, sky, car (plus void regions: ground, static).
 PAINTED = {"voc": (3, 7, 12, 15), "ade20k": (1, 4, 8, 13, 20), "cityscapes": (7, 8, 11, 21, 23, 26)}
+DEMO_SIZES = {"voc": {"voc_train": 40, "voc_val": 16, "sbd_only": 80, "height": 48, "width": 64},
+              "ade20k": {"train": 120, "val": 16, "height": 48, "width": 64},
+              "cityscapes": {"per_city_train": 40, "per_city_val": 6, "per_city_test": 1, "height": 48,
+                             "width": 96}}
 
 
 def drawn_classes(dataset: str) -> list[str]:
     """The classes a synthetic dataset's labels hold, by their names in the prepared label space: what the
     demo's per-class numbers list and README names (VOC's and ADE20k's backgrounds included)."""
-    from deeplab.data.labels import VOC_CLASSES, cityscapes_label_to_train_lut, cityscapes_train_classes
     if dataset == "voc":
         return [VOC_CLASSES[0], *(VOC_CLASSES[v] for v in PAINTED["voc"])]
     if dataset == "ade20k":
         return [ADE20K_CLASSES[v - 1] for v in PAINTED["ade20k"]]  # raw 1..150 -> 0..149
     names, lut = cityscapes_train_classes()[0], cityscapes_label_to_train_lut()
     return [names[lut[v]] for v in PAINTED["cityscapes"]]
-
-
-DEMO_SIZES = {"voc": {"voc_train": 40, "voc_val": 16, "sbd_only": 80, "height": 48, "width": 64},
-              "ade20k": {"train": 120, "val": 16, "height": 48, "width": 64},
-              "cityscapes": {"per_city_train": 40, "per_city_val": 6, "per_city_test": 1, "height": 48,
-                             "width": 96}}
 
 
 def write_archives(dataset: str, raw_dir: Path, *, seed: int = 0, **size_options: int) -> list[Path]:
