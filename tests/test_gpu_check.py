@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_benchmarks import BENCHMARKS, ROOT
+from tests.test_benchmarks import BENCHMARKS, NUMBER, ROOT
 
 pytestmark = pytest.mark.slow
 
