@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import pipeline.export
 import pipeline.train
@@ -18,7 +17,7 @@ from deeplab.evaluate import SINGLE_SCALE, InputSpec, predict
 from deeplab.export import GraphSegmenter, scaled_size
 from deeplab.model import build_model, load_trained
 from deeplab.transforms import eval_size
-from tests.train_fixtures import project  # noqa: F401  (fixture)
+from tests.train_fixtures import edit_train, project  # noqa: F401  (fixture)
 
 CELL = "voc-r50-os16"
 
@@ -91,10 +90,7 @@ def test_a_stale_model_and_a_failed_check_write_nothing(project: Path, monkeypat
     assert f"pipeline.export: error: {CELL}: onnxruntime and PyTorch agree on 100.0000% of 3072 pixels, below the " \
            "bar of 101.0% (largest logit difference" in err and err.rstrip().endswith("; nothing written")
     assert not Path(cfg.files.onnx).exists() and not Path(cfg.files.onnx_check).exists()
-    train = project / "params" / "train.yaml"
-    doc = yaml.safe_load(train.read_text())
-    doc["train"]["lr"] = 0.02
-    train.write_text(yaml.safe_dump(doc))
+    edit_train(project / "params", lr=0.02)
     assert pipeline.export.main(args) == 2
     assert "trained under another training record" in capsys.readouterr().err
     assert not Path(cfg.files.onnx).exists() and not list(Path(cfg.files.dir).glob(".model.onnx*"))
@@ -105,7 +101,6 @@ def test_a_registered_model_served_over_http_answers_as_predict_does(project: Pa
                                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
     """README's serving lines: `mlflow models serve` on the registered model's best version, one request with
     two images; the classes equal pipeline.predict's for the same images."""
-    import socket
     import subprocess
     import time
     import urllib.request
@@ -115,7 +110,7 @@ def test_a_registered_model_served_over_http_answers_as_predict_does(project: Pa
     import pipeline.evaluate
     import pipeline.predict
     from deeplab.tracking import default_tracking_uri
-    from tests.dag_fixtures import BIN, tool_env
+    from tests.dag_fixtures import BIN, free_port, tool_env
     monkeypatch.chdir(project)
     assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
     assert pipeline.evaluate.main(["--cell", CELL, "--preset", "smoke"]) == 0
@@ -126,9 +121,7 @@ def test_a_registered_model_served_over_http_answers_as_predict_does(project: Pa
         Image.fromarray(image).save(inputs / f"{k}.png")
     assert pipeline.predict.main(["--cell", CELL, "--preset", "smoke", "--out", str(project / "predicted"),
                                   str(inputs)]) == 0
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     model = f"models:/deeplabv3plus-smoke-{CELL}@best"
     server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", model, "--env-manager", "local",
                                "--host", "127.0.0.1", "--port", str(port)], cwd=project, stdout=subprocess.PIPE,

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 from torchvision.io import read_image
 
@@ -16,7 +15,7 @@ import pipeline.train
 from deeplab.config import load_params
 from deeplab.evaluate import SINGLE_SCALE, InputSpec, predict
 from deeplab.model import load_trained
-from tests.train_fixtures import project  # noqa: F401  (fixture)
+from tests.train_fixtures import edit_train, project  # noqa: F401  (fixture)
 
 CELL = "voc-r50-os16"
 
@@ -58,9 +57,6 @@ def test_refuses_a_cell_without_a_model_and_a_model_of_other_params(project: Pat
     assert pipeline.predict.main(args) == 2
     assert "model.pt not found: train the cell first" in capsys.readouterr().err
     assert pipeline.train.main(["--cell", CELL, "--preset", "smoke"]) == 0
-    train = project / "params" / "train.yaml"
-    doc = yaml.safe_load(train.read_text())
-    doc["train"]["lr"] = 0.02
-    train.write_text(yaml.safe_dump(doc))
+    edit_train(project / "params", lr=0.02)
     assert pipeline.predict.main(args) == 2
     assert "trained under another training record" in capsys.readouterr().err

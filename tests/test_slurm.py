@@ -26,17 +26,11 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.dag_fixtures import copy_checkout, tool_env
+from tests.dag_fixtures import copy_checkout, free_port, tool_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500)]
 CELLS = ("voc-r50-os8", "voc-r50-os16")
 CANCELLED = "voc-r50-os8"  # trains long enough to be cancelled after its first checkpoint
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _install_slurm() -> None:
@@ -58,8 +52,8 @@ ClusterName=deeplabtest
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 AuthType=auth/munge
 AuthInfo=socket={folder}/munge.socket
 CredType=cred/munge

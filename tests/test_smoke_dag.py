@@ -24,7 +24,7 @@ from deeplab import serving
 from deeplab.config import load_params
 from deeplab.data.synthetic import drawn_classes
 from deeplab.datasets import manifest_hash
-from tests.dag_fixtures import BIN, ROOT, copy_checkout, run_tool, tool_env
+from tests.dag_fixtures import BIN, ROOT, copy_checkout, free_port, run_tool, tool_env
 
 DAG_TIMEOUT_S = 1500  # one whole DAG; the per-test limit below covers the module fixture that runs it
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(DAG_TIMEOUT_S + 600)]
@@ -304,14 +304,10 @@ def test_the_report_opens_at_its_title_and_its_links_resolve(snakemake_run: tupl
 def test_the_mlflow_ui_shows_every_runs_miou_at_the_readme_link(snakemake_run: tuple[Path, str]) -> None:
     """README's `mlflow ui` command and link, in a fresh browser (its assistant panel open): every run's mIoU
     is in view beside its name, left of the panel; at 1600x1000 all 13 rows fit without scrolling."""
-    import socket
-
     from deeplab.tracking import ui_link
     checkout, uri = snakemake_run
     marker = json.loads((checkout / PARAMS.preset("smoke").paths.tracking_marker()).read_text())
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([str(BIN / "mlflow"), "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                                "--port", str(port)], cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=tool_env())

@@ -90,6 +90,15 @@ def shrink_params(params_dir: Path, *, crop: int = 32, batch: int = 2, epochs: i
     return params_dir
 
 
+def edit_train(params_dir: Path, **values: Any) -> None:
+    """Set keys of params/train.yaml's train section, as a user edits the file (a model trained before is
+    then stale)."""
+    path = params_dir / "train.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["train"].update(values)
+    path.write_text(yaml.safe_dump(doc))
+
+
 def run_stage(module: str, *args: str, cwd: Path, check: bool = True, timeout: float = 240,
               env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m pipeline.<module> ...`` in ``cwd`` (the project root of the test)."""

@@ -282,39 +282,48 @@ def mode_name(mode: str) -> str:
     return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"
 
 
-def label_classes(path: Path, classes: Classes, spec: FolderSpec) -> tuple[np.ndarray | None, str | None]:
-    """The mask as class indices (255 = ignore), or the first problem (file, what was found, the fix)."""
+def label_classes(path: Path, classes: Classes, spec: FolderSpec) -> tuple[np.ndarray | None, str | None, str]:
+    """The mask as class indices (255 = ignore), or the first problem (file, what was found, the fix); and
+    the mask's image mode (its file is opened once)."""
     with Image.open(path) as opened:
         mode = opened.mode
-        if opened.format == "JPEG":
-            return None, (f"{path}: a JPEG file named .png: JPEG's lossy compression changes the values along every "
-                          "edge, so class indices cannot be read back; export the masks as PNG")
-        if spec.encoding == "color":
-            if mode not in ("RGB", "RGBA", "P"):
-                return None, (f"{path}: {mode_name(mode)} image; label_encoding: color needs RGB masks in "
-                              "classes.txt's colours (masks of class indices: label_encoding: index)")
-            rgb = np.asarray(opened.convert("RGB"))
-            code = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-            lut = {(r << 16) | (g << 8) | b: IGNORE_INDEX for r, g, b in spec.ignore_colors}
-            lut.update({(r << 16) | (g << 8) | b: k for k, (r, g, b) in enumerate(classes.colours or ())})
-            values, inverse = np.unique(code, return_inverse=True)
-            unknown = [v for v in values.tolist() if v not in lut]
-            if unknown:
-                y, x = np.argwhere(code == unknown[0])[0]
-                colour = ((unknown[0] >> 16) & 255, (unknown[0] >> 8) & 255, unknown[0] & 255)
-                return None, (f"{path}: colour {colour} at pixel (x={x}, y={y}) is none of classes.txt's colours"
-                              + (" nor ignore_colors" if spec.ignore_colors else "")
-                              + (f" ({len(unknown)} such colours)" if len(unknown) > 1 else "")
-                              + ("" if spec.ignore_colors else
-                                 f"; a colour that means ignore (a boundary): ignore_colors: [{list(colour)}]"))
-            table = np.array([lut[v] for v in values.tolist()], np.uint8)
-            return table[inverse].reshape(code.shape), None
-        if mode not in INDEX_MODES:
-            return None, (f"{path}: {mode_name(mode)} image; label_encoding: {spec.encoding} needs single-channel, "
-                          "palette or 1-bit PNG masks of class indices"
-                          + (" (RGB masks in classes.txt's colours: label_encoding: color)"
-                             if mode in ("RGB", "RGBA") else ""))
-        raw = np.asarray(opened).astype(np.int64)  # a 1-bit mask reads 0 and 1
+        label, problem = _label_classes(path, opened, classes, spec)
+    return label, problem, mode
+
+
+def _label_classes(path: Path, opened: Image.Image, classes: Classes,
+                   spec: FolderSpec) -> tuple[np.ndarray | None, str | None]:
+    """:func:`label_classes` of an opened mask."""
+    mode = opened.mode
+    if opened.format == "JPEG":
+        return None, (f"{path}: a JPEG file named .png: JPEG's lossy compression changes the values along every "
+                      "edge, so class indices cannot be read back; export the masks as PNG")
+    if spec.encoding == "color":
+        if mode not in ("RGB", "RGBA", "P"):
+            return None, (f"{path}: {mode_name(mode)} image; label_encoding: color needs RGB masks in "
+                          "classes.txt's colours (masks of class indices: label_encoding: index)")
+        rgb = np.asarray(opened.convert("RGB"))
+        code = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        lut = {(r << 16) | (g << 8) | b: IGNORE_INDEX for r, g, b in spec.ignore_colors}
+        lut.update({(r << 16) | (g << 8) | b: k for k, (r, g, b) in enumerate(classes.colours or ())})
+        values, inverse = np.unique(code, return_inverse=True)
+        unknown = [v for v in values.tolist() if v not in lut]
+        if unknown:
+            y, x = np.argwhere(code == unknown[0])[0]
+            colour = ((unknown[0] >> 16) & 255, (unknown[0] >> 8) & 255, unknown[0] & 255)
+            return None, (f"{path}: colour {colour} at pixel (x={x}, y={y}) is none of classes.txt's colours"
+                          + (" nor ignore_colors" if spec.ignore_colors else "")
+                          + (f" ({len(unknown)} such colours)" if len(unknown) > 1 else "")
+                          + ("" if spec.ignore_colors else
+                             f"; a colour that means ignore (a boundary): ignore_colors: [{list(colour)}]"))
+        table = np.array([lut[v] for v in values.tolist()], np.uint8)
+        return table[inverse].reshape(code.shape), None
+    if mode not in INDEX_MODES:
+        return None, (f"{path}: {mode_name(mode)} image; label_encoding: {spec.encoding} needs single-channel, "
+                      "palette or 1-bit PNG masks of class indices"
+                      + (" (RGB masks in classes.txt's colours: label_encoding: color)"
+                         if mode in ("RGB", "RGBA") else ""))
+    raw = np.asarray(opened).astype(np.int64)  # a 1-bit mask reads 0 and 1
     present = np.unique(raw).tolist()
     if spec.label_values:
         mapping = {int(k): int(v) for k, v in spec.label_values.items()}
@@ -357,9 +366,7 @@ def check_pair(job: tuple[Pair, Classes, FolderSpec, Path]) -> Checked:
     folder ``build`` (which is swapped in only when every pair is fine)."""
     pair, classes, spec, build = job
     try:
-        label, problem = label_classes(pair.label, classes, spec)
-        with Image.open(pair.label) as opened:
-            one_bit = opened.mode == "1"
+        label, problem, mode = label_classes(pair.label, classes, spec)
     except (OSError, ValueError) as error:
         return Checked(pair.stem, f"{pair.label}: cannot be read as a PNG ({error})", None)
     if problem:
@@ -387,7 +394,7 @@ def check_pair(job: tuple[Pair, Classes, FolderSpec, Path]) -> Checked:
     digest = hashlib.sha256(pair.image.read_bytes() + b"\0" + pair.label.read_bytes()).hexdigest()
     plain_index = spec.encoding == "index" and not spec.label_values
     return Checked(pair.stem, None, converted, seen, image_name, digest, orientation, applied and orientation != 1,
-                   by if orientation != 1 else "", plain_index and values == {0, IGNORE_INDEX}, one_bit)
+                   by if orientation != 1 else "", plain_index and values == {0, IGNORE_INDEX}, mode == "1")
 
 
 def source_files(folder: str | Path) -> list[str]:
@@ -469,9 +476,10 @@ def prepare_folder(folder: Path, out: Path, spec: FolderSpec, name: str = "folde
         if one_bit:
             _log(f"{len(one_bit)} 1-bit mask(s) read as 0 (black) and 1 (white): {examples(one_bit)}")
         oriented = [c for c in checked if c.orientation != 1]
+        sources = {p.stem: p.image.name for p in pairs}
         if oriented:
             _log(f"{len(oriented)} image(s) carry an EXIF orientation other than 1; read "
-                 + ", ".join(f"{written_name(pairs, c.stem)} ({c.orientation}: "
+                 + ", ".join(f"{sources[c.stem]} ({c.orientation}: "
                              f"{'as a viewer shows it' if c.exif_applied else 'as stored'}, by {c.exif_by})"
                              for c in oriented[:MAX_LINES])
                  + (f", and {len(oriented) - MAX_LINES} more" if len(oriented) > MAX_LINES else ""))
@@ -519,10 +527,6 @@ def examples(names: Any) -> str:
     names = list(names)
     shown = ", ".join(names[:EXAMPLES])
     return shown + (f" and {len(names) - EXAMPLES} more" if len(names) > EXAMPLES else "")
-
-
-def written_name(pairs: list[Pair], stem: str) -> str:
-    return next(p.image.name for p in pairs if p.stem == stem)
 
 
 def _raise(problems: list[str]) -> None:
