@@ -37,8 +37,9 @@ def wall(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     return elapsed
 
 
-def median_wall(command: list[str], cwd: Path, env: dict[str, str], repeats: int) -> float:
-    wall(command, cwd, env)  # warm the file cache and __pycache__ once, as a second invocation would be
+def median_wall(command: list[str], cwd: Path, env: dict[str, str], repeats: int, warmups: int) -> float:
+    for _ in range(warmups):  # warm the file cache and __pycache__, as a second invocation would find them
+        wall(command, cwd, env)
     return statistics.median(wall(command, cwd, env) for _ in range(repeats))
 
 
@@ -46,25 +47,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="dry runs only (skip the smoke DAG)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions of each short command")
+    parser.add_argument("--warmups", type=int, default=1, help="untimed runs of each command first")
     args = parser.parse_args()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     with tempfile.TemporaryDirectory(prefix="orchestration-") as tmp:
         checkout = copy_checkout(Path(tmp))
         env["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         snakemake = str(BIN / "snakemake")
+
+        def median(command: list[str]) -> float:
+            return median_wall(command, checkout, env, args.repeats, args.warmups)
+
         timings = {
-            "python -c pass": median_wall([sys.executable, "-c", "pass"], checkout, env, args.repeats),
-            "snakemake --version": median_wall([snakemake, "--version"], checkout, env, args.repeats),
-            "snakemake -n results/table.md": median_wall([snakemake, "-n", "results/table.md"], checkout, env,
-                                                         args.repeats),
-            "snakemake -n --config preset=smoke": median_wall(
-                [snakemake, "-n", "results/smoke/table.md", "--config", "preset=smoke"], checkout, env,
-                args.repeats),
+            "python -c pass": median([sys.executable, "-c", "pass"]),
+            "snakemake --version": median([snakemake, "--version"]),
+            "snakemake -n results/table.md": median([snakemake, "-n", "results/table.md"]),
+            "snakemake -n --config preset=smoke": median(
+                [snakemake, "-n", "results/smoke/table.md", "--config", "preset=smoke"]),
         }
         if not args.quick:
             timings["smoke DAG end to end (--cores 2)"] = wall(
                 [snakemake, "--cores", "2", "results/smoke/table.md", "--config", "preset=smoke"], checkout, env)
-    print(f"machine: {os.cpu_count()} CPU cores, median of {args.repeats} runs after one warm-up")
+    print(f"machine: {os.cpu_count()} CPU cores, median of {args.repeats} runs after {args.warmups} warm-up(s)")
     for name, seconds in timings.items():
         print(f"  {name:<40} {seconds:8.2f} s")
     dry, version, bare = (timings[k] for k in ("snakemake -n results/table.md", "snakemake --version",

@@ -19,9 +19,9 @@ NUMBER = r"\d+\.\d+"
 RUNS = {
     "evaluate.py": (["--quick"], r"ratio"),
     "input_pipeline.py": (["--quick"], rf"ratio Cityscapes new / previous per worker: {NUMBER}x"),
-    "model_step.py": (["--quick", "--steps", "1", "--warmup", "1"], r"ratio"),
+    "model_step.py": (["--quick", "--steps", "1", "--warmup", "1", "--variants", "r50-os16"], r"ratio"),
     "onnx_runtime.py": (["--quick"], rf"ratio onnxruntime / PyTorch: {NUMBER}x"),
-    "orchestration.py": (["--quick", "--repeats", "1"], rf"ratio dry run / snakemake --version: {NUMBER}x"),
+    "orchestration.py": (["--quick", "--repeats", "1", "--warmups", "0"], rf"ratio dry run / snakemake --version: {NUMBER}x"),
     "prepare.py": (["--quick"], r"ratio"),
 }
 
