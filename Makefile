@@ -41,14 +41,17 @@ demo: $(VENV)/.installed .dvc/plots_offline.html
 	@echo "Smoke table: results/smoke/table.md; report: $(VENV)/bin/snakemake --report report.html --config preset=smoke"
 	@$(PY) -m pipeline.init_tracking --preset smoke --ui
 
-# Everything (what CI runs): two workers, a test module each at a time (its shared DAG run stays in one worker).
+# Everything (what CI runs): two workers, a test module each at a time (its shared DAG run stays in one worker),
+# the longest modules first (LONGEST_FIRST in tests/conftest.py; xdist would otherwise reorder by test count).
 test: $(VENV)/.installed .dvc/plots_offline.html
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # Day-to-day, under two minutes: the unit tests, on both cores. Not the tests that run Snakemake or DVC, start a
 # server or wait on several processes (integration), the DAG end to end and the learning check (slow), or Slurm.
+# worksteal: a worker that runs dry takes half of the other's queue, so a few 10-second tests do not end the run
+# on one core.
 test-fast: $(VENV)/.installed .dvc/plots_offline.html
-	$(PY) -m pytest -n 2 -m "not slow and not integration and not slurm"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not slow and not integration and not slurm"
 
 # What the GPU at hand gives the recipe (a benchmark, not a test): training step, memory, auto-fit, loader,
 # evaluation, compile, DDP; under ten minutes. Without CUDA it runs tiny sizes on the CPU, labelled as such.

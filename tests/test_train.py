@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import time
@@ -174,10 +175,12 @@ def test_learns_synthetic_data(tmp_path: Path, params_dir: Path, monkeypatch: py
 
 
 def test_compiled_training_step_equals_eager(project: Path) -> None:
-    """train.compile traces the training step (aot_eager here: inductor's C++ build takes minutes on 2 cores):
-    one step's loss and every gradient equal eager mode's within float tolerance, and the checkpointed model
-    is the bare one. (Over several steps from scratch on 2-image batches, rounding differences grow chaotically,
-    so a step is the unit compared; dropout is off: a traced graph draws masks from another random stream.)"""
+    """train.compile traces the training step in one graph (fullgraph=True fails on any graph break; aot_eager
+    traces forward and backward as inductor would, whose C++ build takes minutes on 2 cores, so inductor runs
+    only when asked: DEEPLAB_TEST_INDUCTOR=1): one step's loss and every gradient equal eager mode's within
+    float tolerance, and the checkpointed model is the bare one. (Over several steps from scratch on 2-image
+    batches, rounding differences grow chaotically, so a step is the unit compared; dropout is off: a traced
+    graph draws masks from another random stream.)"""
     import copy
     import dataclasses
 
@@ -197,7 +200,8 @@ def test_compiled_training_step_equals_eager(project: Path) -> None:
              "valid": torch.tensor([[0, 0, 32, 32]] * 2), "photometric": torch.stack([Photometric().as_tensor()] * 2)}
     ctx = Context(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     results = []
-    for model in (eager, torch.compile(compiled_source, backend="aot_eager")):
+    backend = "inductor" if os.environ.get("DEEPLAB_TEST_INDUCTOR") == "1" else "aot_eager"
+    for model in (eager, torch.compile(compiled_source, backend=backend, fullgraph=True)):
         optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
         losses = train_iteration(model, [batch], optimizer, torch.amp.GradScaler("cpu", enabled=False), cfg, ctx, None)
         results.append((losses, {n: p.grad for n, p in model.named_parameters()}))
