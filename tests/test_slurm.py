@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -90,6 +91,32 @@ def _start(command: list[str], folder: Path) -> None:
                     f"{result.stderr}\n{logs}")
 
 
+def _alive(pid: int) -> bool:
+    """Whether the process runs (a daemon's zombie, which no init reaped in a container, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def _stop(pid_file: Path) -> None:
+    """SIGTERM the daemon named by pid_file and wait until it has exited (SIGKILL after 60 s), so that the next
+    suite's cluster, waiting on the machine-wide lock, never starts beside a daemon that is still shutting down."""
+    if not pid_file.is_file():
+        return
+    pid = int(pid_file.read_text().strip())
+    for sig, wait in ((signal.SIGTERM, 60), (signal.SIGKILL, 10)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if not _alive(pid):
+            return
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A running one-node cluster with two placeholder GPUs; stopped, and /etc/slurm restored, afterwards."""
@@ -118,18 +145,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 f"--seed-file={folder}/munge.seed"], folder)
         _start(["slurmctld"], folder)
         _start(["slurmd"], folder)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180  # a loaded machine (another suite beside this one) registers slowly
         while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True).stdout:
             if time.monotonic() > deadline:
-                pytest.fail(f"the test cluster's node never became idle:\n{(folder / 'slurmctld.log').read_text()[-2000:]}")
+                nodes = subprocess.run(["sinfo", "-N", "-l"], capture_output=True, text=True)
+                logs = "".join(f"--- {name}:\n{(folder / name).read_text()[-2000:]}\n"
+                               for name in ("slurmctld.log", "slurmd.log") if (folder / name).is_file())
+                pytest.fail(f"the test cluster's node never became idle:\n{nodes.stdout}{nodes.stderr}\n{logs}")
             time.sleep(1)
         yield folder
     finally:
         for name in ("slurmd.pid", "slurmctld.pid", "munged.pid"):
-            pid = folder / name
-            if pid.is_file():
-                subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
-        time.sleep(2)
+            _stop(folder / name)
         for name in ("slurm.conf", "gres.conf"):
             if name in saved:
                 (etc / name).write_bytes(saved[name])
