@@ -46,9 +46,16 @@ def _install_slurm() -> None:
             pytest.fail(f"could not install Slurm ({' '.join(command)}):\n{result.stderr[-2000:]}")
 
 
+# The first line of each file this test writes into /etc/slurm. A file that starts with it is a leftover of a run
+# killed before its teardown, not the machine's own: restoring it would leave Slurm's client pointed at a
+# controller that is gone, and Snakemake's Slurm executor plugin runs `scontrol show config` whenever Snakemake
+# starts, which then waits 10 s (every later `snakemake` call in the suite, about 60, paid it here).
+WRITTEN_HERE = "# written by tests/test_slurm.py"
+
+
 def _config(folder: Path) -> dict[str, str]:
     host = socket.gethostname()
-    slurm = f"""# written by tests/test_slurm.py for a one-node test cluster; removed when the test ends
+    slurm = f"""{WRITTEN_HERE} for a one-node test cluster; removed when the test ends
 ClusterName=deeplabtest
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
@@ -79,7 +86,7 @@ KillWait=20
 NodeName={host} NodeAddr=127.0.0.1 CPUs={os.cpu_count()} RealMemory=16000 Gres=gpu:2 State=UNKNOWN
 PartitionName=gpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
-    return {"slurm.conf": slurm, "gres.conf": f"AutoDetect=off\nName=gpu File={folder}/nvidia[0-1]\n"}
+    return {"slurm.conf": slurm, "gres.conf": f"{WRITTEN_HERE}\nAutoDetect=off\nName=gpu File={folder}/nvidia[0-1]\n"}
 
 
 def _start(command: list[str], folder: Path) -> None:
@@ -137,6 +144,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     machine_lock = open("/tmp/deeplab-test-slurm.lock", "a")  # noqa: SIM115 (held until the cluster stops)
     fcntl.flock(machine_lock, fcntl.LOCK_EX)
     saved = {name: (etc / name).read_bytes() for name in ("slurm.conf", "gres.conf") if (etc / name).is_file()}
+    saved = {name: text for name, text in saved.items() if not text.startswith(WRITTEN_HERE.encode())}
     try:
         for name, text in _config(folder).items():
             (etc / name).write_text(text)
