@@ -70,21 +70,34 @@ def snakemake_jobs(checkout: Path) -> Counter[str]:
     return Counter(re.findall(r"^rule (\w+):", out, flags=re.MULTILINE))
 
 
-def dvc_stages(checkout: Path) -> Counter[str]:
-    """What DVC reruns: after the one generating command (a seed or cell added to params/ reaches the pipeline
-    through it) and the records stage (seconds: it rewrites the record files whose content changed), the
-    stages `dvc status` names."""
+def dvc_records(checkout: Path) -> None:
+    """DVC's part before it is asked: the one generating command (a seed or cell added to params/ reaches the
+    pipeline through it) and the records stage (seconds: it rewrites the record files whose content changed,
+    removing them first, so Snakemake must not be reading the same files meanwhile)."""
     subprocess.run([sys.executable, "-m", "pipeline.dvc_presets"], cwd=checkout, check=True, env=tool_env(),
                    capture_output=True)
     run_tool(["dvc", "repro", "--single-item", "smoke/dvc.yaml:records"], checkout, timeout=300)
+
+
+def dvc_status(checkout: Path) -> Counter[str]:
+    """The stages `dvc status` names (it only reads the workspace)."""
     status = json.loads(run_tool(["dvc", "status", "smoke/dvc.yaml", "--json"], checkout, timeout=300).stdout)
     return Counter(name.split(":")[-1].split("@")[0] for name in status)
 
 
+def dvc_stages(checkout: Path) -> Counter[str]:
+    """What DVC reruns: the stages `dvc status` names after dvc_records."""
+    dvc_records(checkout)
+    return dvc_status(checkout)
+
+
 def both_engines(checkout: Path) -> tuple[Counter[str], Counter[str]]:
-    """Snakemake's jobs and DVC's stages for the checkout as it is, asked at once (two processes, two cores)."""
+    """Snakemake's jobs and DVC's stages for the checkout as it is: DVC's records first (Snakemake's dry run
+    reads the modification times of the files that stage rewrites), then the two questions at once (two
+    processes, two cores)."""
+    dvc_records(checkout)
     with ThreadPoolExecutor(2) as pool:
-        jobs, stages = pool.submit(snakemake_jobs, checkout), pool.submit(dvc_stages, checkout)
+        jobs, stages = pool.submit(snakemake_jobs, checkout), pool.submit(dvc_status, checkout)
         return jobs.result(), stages.result()
 
 
