@@ -11,10 +11,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 SERVERS = {"file_server", "cityscapes_server", "silent_server"}  # fixtures that start a server on 127.0.0.1
-# The modules that take longest under `make test` (seconds on 2 cores, fresh clone), longest first. The two
-# workers take modules from the front of the queue, so the long ones start at once and the short ones fill the
-# end evenly; in alphabetical order the 5-minute smoke DAG started late and one worker finished minutes before
-# the other. Re-measure with `pytest --durations=0` when a module grows past these.
+# The modules that take longest under `make test` (fresh clone, 2 cores), longest first. The two workers take
+# modules from the front of the queue, so the long ones start at once and the short ones fill the end evenly;
+# in xdist's own order (by test count) the 6-minute smoke DAG could start minutes in. Re-measure with
+# `PYTEST_ADDOPTS=--durations=40 make test` when a module grows past these.
 LONGEST_FIRST = ["test_smoke_dag", "test_own_data_dag", "test_slurm", "test_smoke_dvc", "test_benchmarks",
                  "test_gpu_check", "test_faults", "test_train", "test_reruns", "test_export", "test_doctor"]
 
