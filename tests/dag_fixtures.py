@@ -1,4 +1,4 @@
-"""Helpers for the DAG tests: a temporary copy of the checkout and the tools run inside it."""
+"""Helpers for the DAG tests: a temporary copy of the checkout, the tools run inside it, the processes they start."""
 from __future__ import annotations
 
 import os
@@ -35,6 +35,15 @@ def tool_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("CUDA_VISIBLE_DEVICES", None)
     return env
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs: a zombie (exited, not yet reaped, as a daemon is in a container
+    with no init reaping it) counts as gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ import pipeline.init_tracking
 import pipeline.train
 from deeplab.checkpoint import FolderLock
 from deeplab.config import load_params
+from tests.dag_fixtures import alive
 from tests.train_fixtures import ROOT, project, shrink_params  # noqa: F401  (fixture)
 
 CELL = "voc-r50-os16"
@@ -159,17 +160,9 @@ def test_loader_workers_die_with_a_killed_job() -> None:
     job.send_signal(signal.SIGKILL)
     job.wait()
     deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
         time.sleep(0.05)
-    assert not any(_alive(pid) for pid in workers)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
-    except FileNotFoundError:
-        return False
+    assert not any(alive(pid) for pid in workers)
 
 
 CONCURRENT_LOGGER = textwrap.dedent("""

@@ -27,7 +27,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from tests.dag_fixtures import copy_checkout, free_port, tool_env
+from tests.dag_fixtures import alive, copy_checkout, free_port, tool_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(1500)]
 CELLS = ("voc-r50-os8", "voc-r50-os16")
@@ -98,14 +98,6 @@ def _start(command: list[str], folder: Path) -> None:
                     f"{result.stderr}\n{logs}")
 
 
-def _alive(pid: int) -> bool:
-    """Whether the process runs (a daemon's zombie, which no init reaped in a container, counts as gone)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 def _stop(pid_file: Path) -> None:
     """SIGTERM the daemon named by pid_file and wait until it has exited (SIGKILL after 60 s), so that the next
     suite's cluster, waiting on the machine-wide lock, never starts beside a daemon that is still shutting down."""
@@ -118,9 +110,9 @@ def _stop(pid_file: Path) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        if not _alive(pid):
+        if not alive(pid):
             return
 
 
